@@ -1,0 +1,93 @@
+"""Frozen stage-1 autoencoder behind one interface: images <-> scaled latents."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+from diffusers import AutoencoderKL, VQModel
+from torch import nn
+
+from text_ldm.utils.pretrained import resolve_pretrained
+
+KINDS = ("vq", "kl", "identity")
+
+
+class FrozenAutoencoder(nn.Module):
+    """Encodes images (B, 3, H, W) in [-1, 1] to latents (B, C, H/f, W/f) multiplied by
+    `scaling_factor`, and decodes them back.
+
+    - `vq`: diffusers VQModel. Diffusion runs on the pre-quantisation latents; decoding quantises,
+      as in CompVis latent-diffusion.
+    - `kl`: diffusers AutoencoderKL; the cache stores the posterior mean.
+    - `identity`: pixel-space diffusion (no autoencoder), f = 1, C = 3.
+    """
+
+    def __init__(self, model: nn.Module | None, kind: str, scaling_factor: float, source: str = ""):
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"autoencoder kind={kind!r}; choose one of {KINDS}")
+        if kind != "identity" and model is None:
+            raise ValueError(f"autoencoder kind={kind!r} needs a model")
+        self.model = model.eval().requires_grad_(False) if model is not None else None
+        self.kind = kind
+        self.scaling_factor = float(scaling_factor)
+        self.source = source
+
+    @classmethod
+    def from_pretrained(cls, pretrained: str | None = None, kind: str = "vq", subfolder: str | None = None,
+                        scaling_factor: float | None = None) -> "FrozenAutoencoder":
+        """Load a hub id or local directory (hub layout, `subfolder` like "vqvae" or "vae").
+
+        `scaling_factor=None` takes the model config's value. Set it explicitly where the config
+        is wrong: CompVis/ldm-celebahq-256 latents are unscaled (1.0), not VQModel's 0.18215.
+        """
+        if kind == "identity":
+            return cls(None, kind, 1.0 if scaling_factor is None else scaling_factor, "identity")
+        if kind not in KINDS:
+            raise ValueError(f"autoencoder kind={kind!r}; choose one of {KINDS}")
+        path = resolve_pretrained(pretrained)
+        model_cls = VQModel if kind == "vq" else AutoencoderKL
+        model = model_cls.from_pretrained(path, **({"subfolder": subfolder} if subfolder else {}))
+        scale = model.config.scaling_factor if scaling_factor is None else scaling_factor
+        return cls(model, kind, scale, f"{pretrained}/{subfolder or ''}")
+
+    @property
+    def latent_channels(self) -> int:
+        return 3 if self.model is None else int(self.model.config.latent_channels)
+
+    @property
+    def downsample_factor(self) -> int:
+        return 1 if self.model is None else 2 ** (len(self.model.config.block_out_channels) - 1)
+
+    def train(self, mode: bool = True):  # frozen
+        return super().train(False)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, C, H/f, W/f), already multiplied by scaling_factor."""
+        if self.model is None:
+            latents = images
+        elif self.kind == "vq":
+            latents = self.model.encode(images).latents
+        else:
+            latents = self.model.encode(images).latent_dist.mean
+        return latents * self.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) scaled latents -> (B, 3, h*f, w*f) images in [-1, 1]."""
+        latents = latents / self.scaling_factor
+        if self.model is None:
+            return latents.clamp(-1, 1)
+        return self.model.decode(latents).sample.clamp(-1, 1)
+
+    def fingerprint(self) -> str:
+        """Changes whenever the encoder would produce different latents: kind, scale, config, weights."""
+        digest = hashlib.sha256(json.dumps({"kind": self.kind, "scale": self.scaling_factor}).encode())
+        if self.model is not None:
+            digest.update(json.dumps(dict(self.model.config), sort_keys=True, default=str).encode())
+            for name, tensor in sorted(self.model.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()

@@ -1,0 +1,97 @@
+"""Frozen text encoder behind one small interface: prompts in, token embeddings out."""
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, CLIPTextModel
+
+from text_ldm.utils.pretrained import resolve_pretrained
+
+MODEL_CLASSES = {"auto": AutoModel, "clip_text": CLIPTextModel}
+
+
+class FrozenTextEncoder(nn.Module):
+    """A frozen Hugging Face text transformer that maps prompts to token embeddings.
+
+    forward(prompts: list[str]) -> Tensor of shape (B, max_length, embed_dim).
+
+    Outputs are memoised per prompt string (`cache_size` entries, least recently used dropped):
+    the encoder is frozen, so an embedding never changes, and on a CPU the encoder costs more
+    than the small UNet it conditions.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, max_length: int, use_attention_mask: bool = True,
+                 cache_size: int = 0):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length)
+        self.use_attention_mask = use_attention_mask
+        self.cache_size = int(cache_size)
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._warned_truncation = False
+
+    @classmethod
+    def from_pretrained(cls, pretrained: str, model_class: str = "auto", subfolder: str | None = None,
+                        tokenizer_subfolder: str | None = None, max_length: int | None = None,
+                        use_attention_mask: bool = True, cache_size: int = 0) -> "FrozenTextEncoder":
+        """Load from a hub id, a local directory (same layout) or `pkg://package/dir`."""
+        if model_class not in MODEL_CLASSES:
+            raise ValueError(f"model_class={model_class!r}; choose one of {sorted(MODEL_CLASSES)}")
+        path = resolve_pretrained(pretrained)
+        tok_kwargs = {"subfolder": tokenizer_subfolder} if tokenizer_subfolder else {}
+        model_kwargs = {"subfolder": subfolder} if subfolder else {}
+        tokenizer = AutoTokenizer.from_pretrained(path, **tok_kwargs)
+        model = MODEL_CLASSES[model_class].from_pretrained(path, **model_kwargs)
+        max_length = max_length or min(tokenizer.model_max_length, 512)
+        return cls(model, tokenizer, max_length, use_attention_mask, cache_size)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def train(self, mode: bool = True):  # frozen: stays in eval mode (no dropout) whatever the caller says
+        return super().train(False)
+
+    @torch.no_grad()
+    def _encode(self, prompts: list[str]) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        batch = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True,
+                               return_overflowing_tokens=False, return_length=False, return_tensors="pt")
+        self._warn_if_truncated(prompts)
+        mask = batch["attention_mask"].to(device) if self.use_attention_mask else None
+        return self.model(input_ids=batch["input_ids"].to(device), attention_mask=mask).last_hidden_state
+
+    def _warn_if_truncated(self, prompts: list[str]) -> None:
+        if self._warned_truncation:
+            return
+        lengths = [len(ids) for ids in self.tokenizer(prompts, truncation=False)["input_ids"]]
+        dropped = max(lengths) - self.max_length
+        if dropped > 0:
+            self._warned_truncation = True
+            warnings.warn(f"A prompt has {max(lengths)} tokens; the text encoder keeps {self.max_length}, "
+                          f"so {dropped} tokens were dropped (this warning is shown once).", stacklevel=3)
+
+    @torch.no_grad()
+    def forward(self, prompts: list[str]) -> torch.Tensor:
+        """prompts: B strings -> (B, max_length, embed_dim) in the encoder's dtype and device."""
+        prompts = list(prompts)
+        if self.cache_size <= 0:
+            return self._encode(prompts)
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+        if missing:
+            for prompt, emb in zip(missing, self._encode(missing)):
+                self._cache[prompt] = emb
+        for prompt in prompts:
+            self._cache.move_to_end(prompt)
+        out = torch.stack([self._cache[p] for p in prompts])
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return out
+
+    def _apply(self, fn, recurse=True):  # a device/dtype move invalidates memoised tensors
+        self._cache.clear()
+        return super()._apply(fn, recurse)
