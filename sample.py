@@ -1,0 +1,20 @@
+"""Generate images from a trained checkpoint: `python sample.py ckpt=PATH prompt="..."` (see README)."""
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="sample")
+def main(cfg: DictConfig) -> None:
+    from text_ldm.sampling.app import sample
+
+    grid = sample(cfg)
+    print(f"grid: {grid}")
+
+
+if __name__ == "__main__":
+    main()

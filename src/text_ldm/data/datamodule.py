@@ -1,0 +1,129 @@
+"""LightningDataModule over a CelebA-layout dataset: images (stage 1) or cached latents + captions (stage 2)."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from torch.utils.data import DataLoader, Dataset
+
+from text_ldm.data.celeba_layout import CelebALayout, read_captions
+from text_ldm.data.image_dataset import ImageDataset
+from text_ldm.data.latent_cache import LatentCache, build_latent_cache
+from text_ldm.data.toy_faces import build_toy_faces
+from text_ldm.utils.config import plain
+
+MODES = ("latents", "images")
+
+
+class LatentCaptionDataset(Dataset):
+    """Item i: {"latent": (C, h, w) float32, "caption": str}.
+
+    Training draws one of the image's captions per epoch, reproducibly: the choice depends only on
+    (seed, epoch, i), so a resumed run sees the same captions. `fixed_caption=True` always takes
+    the first one (validation).
+    """
+
+    def __init__(self, cache: LatentCache, captions: list[list[str]], seed: int = 0, fixed_caption: bool = False):
+        if len(captions) != len(cache.ids):
+            raise ValueError(f"{len(captions)} caption lists for {len(cache.ids)} latents")
+        self.latents = np.asarray(cache.latents)  # toy caches fit in RAM; real ones stay memory-mapped
+        self.captions = captions
+        self.seed, self.epoch, self.fixed_caption = int(seed), 0, fixed_caption
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def _caption_index(self, index: int) -> int:
+        if self.fixed_caption:
+            return 0
+        key = hashlib.blake2b(f"{self.seed}/{self.epoch}/{index}".encode(), digest_size=8).digest()
+        return int.from_bytes(key, "little") % len(self.captions[index])
+
+    def __getitem__(self, index: int) -> dict:
+        return {"latent": torch.from_numpy(np.array(self.latents[index], dtype=np.float32)),
+                "caption": self.captions[index][self._caption_index(index)]}
+
+
+class CelebADataModule(L.LightningDataModule):
+    """Serves `train` and `test` splits of `root` (validation uses `test`).
+
+    mode="latents": encodes each split once with `autoencoder` (a config dict for
+    FrozenAutoencoder) into `cache_dir`, then serves (latent, caption). mode="images": serves
+    images in [-1, 1] for training the autoencoder. `toy` (kwargs of build_toy_faces) generates
+    the embedded toy-faces dataset at `root` on first use.
+    """
+
+    def __init__(self, root: str, image_size: int = 64, mode: str = "latents", batch_size: int = 64,
+                 num_workers: int = 0, toy: dict[str, Any] | None = None, on_missing: str = "error",
+                 cache_dir: str | None = None, autoencoder: dict[str, Any] | None = None,
+                 cache_batch_size: int = 64, seed: int = 0, preview_count: int = 8):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"data.mode={mode!r}; choose one of {MODES}")
+        if mode == "latents" and (cache_dir is None or autoencoder is None):
+            raise ValueError("data.mode=latents needs data.cache_dir and data.autoencoder")
+        self.root, self.image_size, self.mode = Path(root), int(image_size), mode
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.toy, self.on_missing, self.seed = plain(toy), on_missing, int(seed)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.autoencoder_config, self.cache_batch_size = plain(autoencoder), int(cache_batch_size)
+        self.preview_count = int(preview_count)
+        self.layout = CelebALayout(self.root)
+        self.datasets: dict[str, Dataset] = {}
+
+    def prepare_data(self) -> None:
+        """Runs on one process: generate toy data if asked, then fill the latent cache."""
+        if self.toy is not None:
+            build_toy_faces(self.root, image_size=self.image_size, **self.toy)
+        self.layout.check()
+        if self.mode == "latents":
+            autoencoder = self._autoencoder()
+            for split in ("train", "test"):
+                self._cache(split, autoencoder)
+
+    def _autoencoder(self):
+        return instantiate(self.autoencoder_config)
+
+    def _cache(self, split: str, autoencoder) -> LatentCache:
+        ids = self.layout.collect(split, on_missing=self.on_missing)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return build_latent_cache(ImageDataset(self.root, ids, self.image_size), autoencoder, self.cache_dir,
+                                  split, batch_size=self.cache_batch_size, device=device)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        autoencoder = self._autoencoder() if self.mode == "latents" else None
+        for split in ("train", "test"):
+            if self.mode == "images":
+                ids = self.layout.collect(split, on_missing=self.on_missing)
+                self.datasets[split] = ImageDataset(self.root, ids, self.image_size)
+            else:
+                cache = self._cache(split, autoencoder)  # finds the cache prepare_data built
+                captions = [read_captions(self.layout.caption_path(i)) for i in cache.ids]
+                self.datasets[split] = LatentCaptionDataset(cache, captions, self.seed, fixed_caption=split == "test")
+
+    def preview_prompts(self) -> list[str]:
+        """The first caption of the first `preview_count` held-out images: fixed prompts for sample grids."""
+        dataset = self.datasets.get("test")
+        if not isinstance(dataset, LatentCaptionDataset):
+            return []
+        return [dataset.captions[i][0] for i in range(min(self.preview_count, len(dataset)))]
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle, drop_last=shuffle,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

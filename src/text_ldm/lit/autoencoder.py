@@ -1,0 +1,73 @@
+"""Stage 1: train the small VQ autoencoder of the embedded path, then export it in hub layout."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from diffusers import VQModel
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+
+from text_ldm.utils.config import plain
+
+
+class VQAutoencoderModule(L.LightningModule):
+    """diffusers VQModel trained with L1 + MSE reconstruction and the VQ commitment loss.
+
+    After fitting, the latent scale is set so that the pre-quantisation latents of the training
+    images have unit variance (recorded as the model config's `scaling_factor`), and the model is
+    saved with `save_pretrained` to `export_dir`, in fp16 to keep the shipped file small.
+    batch: {"image": (B, 3, H, W) in [-1, 1]}.
+    """
+
+    def __init__(self, vq: dict, optimizer: dict, export_dir: str | None = None, commit_weight: float = 1.0,
+                 scale_batches: int = 16):
+        super().__init__()
+        self.save_hyperparameters({k: plain(v) for k, v in locals().items() if k not in ("self", "__class__")})
+        self.model = VQModel(**plain(vq))
+
+    def _losses(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.model(images)
+        l1, mse = F.l1_loss(out.sample, images), F.mse_loss(out.sample, images)
+        commit = out.commit_loss.mean()
+        psnr = 10 * torch.log10(4.0 / mse.clamp_min(1e-10))  # images span [-1, 1]: peak-to-peak 2
+        return {"loss": l1 + mse + self.hparams.commit_weight * commit, "l1": l1, "commit": commit, "psnr": psnr}
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        losses = self._losses(batch["image"])
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(batch["image"]))
+        return losses["loss"]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        losses = self._losses(batch["image"])
+        self.log_dict({f"val/{k}": v for k, v in losses.items()}, prog_bar=True, sync_dist=True,
+                      batch_size=len(batch["image"]))
+
+    def configure_optimizers(self):
+        return instantiate(self.hparams.optimizer)(params=self.model.parameters())
+
+    @torch.no_grad()
+    def latent_std(self, loader) -> float:
+        """Std of pre-quantisation latents over the first `scale_batches` batches of `loader`."""
+        chunks = []
+        for i, batch in enumerate(loader):
+            if i >= self.hparams.scale_batches:
+                break
+            chunks.append(self.model.encode(batch["image"].to(self.device)).latents.float().cpu())
+        return float(torch.cat(chunks).std())
+
+    def on_train_end(self) -> None:
+        if self.hparams.export_dir:
+            self.export(self.hparams.export_dir, self.trainer.datamodule.train_dataloader())
+
+    @rank_zero_only
+    def export(self, export_dir: str, loader) -> None:
+        self.model.eval()
+        scale = 1.0 / self.latent_std(loader)
+        self.model.register_to_config(scaling_factor=scale)
+        export_copy = VQModel.from_config(self.model.config)
+        export_copy.load_state_dict(self.model.state_dict())
+        export_copy.to(torch.float16).save_pretrained(Path(export_dir), safe_serialization=True)
+        print(f"[autoencoder] saved to {export_dir} (latent scale {scale:.4f})")

@@ -1,0 +1,43 @@
+"""`train.py`'s body: compose data, model, callbacks, loggers and trainer from the config, then fit."""
+from __future__ import annotations
+
+import os
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import DictConfig, OmegaConf
+
+from text_ldm.utils.checkpoint_io import AtomicCheckpointIO
+from text_ldm.utils.instantiate import instantiate_callbacks, instantiate_loggers
+
+
+def describe_batch(cfg: DictConfig, trainer: L.Trainer) -> str:
+    """The effective batch size and learning rate, stated once: nothing is rescaled silently."""
+    per_device = cfg.data.batch_size
+    accumulate = trainer.accumulate_grad_batches
+    effective = per_device * trainer.world_size * accumulate
+    lr = OmegaConf.select(cfg, "model.optimizer.lr")
+    return (f"batch: {per_device} per device x {trainer.world_size} device(s) x {accumulate} accumulation "
+            f"= {effective} effective; lr {lr} as configured (no automatic LR scaling)")
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit cfg.model on cfg.data. Returns the final callback metrics as floats."""
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=instantiate_callbacks(cfg.get("callbacks")),
+                                     logger=instantiate_loggers(cfg.get("logger")) or False,
+                                     plugins=[AtomicCheckpointIO()])
+    rank_zero_info(describe_batch(cfg, trainer))
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    best = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
+    rank_zero_info(f"checkpoints: {os.path.dirname(best) or trainer.default_root_dir}")
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}

@@ -1,0 +1,41 @@
+"""Checkpoint writing that a kill cannot half-finish, and safe checkpoint reading."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes to a temporary file in the target directory, fsyncs, then renames over the target:
+    a job killed mid-save leaves the previous `last.ckpt` intact."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """torch.load with weights_only=True; a clear error when `path` is missing or not a checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for non-checkpoint files
+        raise ValueError(f"{path} is not a loadable checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
+        raise ValueError(f"{path} is not a text_ldm training checkpoint (no state_dict / hyper_parameters)")
+    return checkpoint
