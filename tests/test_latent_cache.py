@@ -1,0 +1,105 @@
+"""The latent cache: built once, reused, rebuilt when stale or truncated, resumable after a kill."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import IMAGE_SIZE, tiny_vq
+from text_ldm.data.celeba_layout import read_split
+from text_ldm.data.image_dataset import ImageDataset
+from text_ldm.data.latent_cache import LATENTS, MANIFEST, LatentCache, build_latent_cache
+from text_ldm.models.autoencoder import FrozenAutoencoder
+
+
+def _autoencoder(scale: float = 0.5) -> FrozenAutoencoder:
+    return FrozenAutoencoder(tiny_vq(), "vq", scale)
+
+
+def _dataset(toy_root) -> ImageDataset:
+    return ImageDataset(toy_root, read_split(toy_root, "train"), IMAGE_SIZE)
+
+
+def _digest(cache: LatentCache) -> str:
+    return hashlib.sha256(np.ascontiguousarray(cache.latents).tobytes()).hexdigest()
+
+
+def test_cache_matches_direct_encoding_and_records_manifest(tmp_path, toy_root):
+    dataset, ae = _dataset(toy_root), _autoencoder()
+    cache = build_latent_cache(dataset, ae, tmp_path, "train", batch_size=5, progress=False)
+    direct = ae.encode(torch.stack([dataset[i]["image"] for i in range(len(dataset))]))
+    assert cache.latents.shape == (32, 3, IMAGE_SIZE // 4, IMAGE_SIZE // 4)
+    np.testing.assert_allclose(cache.latents, direct.numpy(), rtol=1e-5, atol=1e-5)
+    assert cache.ids == dataset.ids
+    assert cache.manifest["scaling_factor"] == 0.5
+    assert cache.manifest["image_size"] == IMAGE_SIZE
+
+
+def test_cache_is_reused_without_encoding(tmp_path, toy_root, monkeypatch):
+    dataset = _dataset(toy_root)
+    first = build_latent_cache(dataset, _autoencoder(), tmp_path, "train", progress=False)
+    calls = []
+    ae = _autoencoder()
+    monkeypatch.setattr(ae, "encode", lambda images: calls.append(1))
+    second = build_latent_cache(dataset, ae, tmp_path, "train", progress=False)
+    assert calls == [] and second.path == first.path
+
+
+@pytest.mark.parametrize("change", ["scale", "weights", "image_size", "ids"])
+def test_stale_cache_is_never_used(tmp_path, toy_root, change):
+    dataset, ae = _dataset(toy_root), _autoencoder()
+    old = build_latent_cache(dataset, ae, tmp_path, "train", progress=False)
+    if change == "scale":
+        ae = _autoencoder(scale=0.25)
+    elif change == "weights":
+        with torch.no_grad():
+            next(ae.model.parameters()).add_(0.01)
+    elif change == "image_size":
+        dataset = ImageDataset(toy_root, dataset.ids, IMAGE_SIZE * 2)
+    else:
+        dataset = ImageDataset(toy_root, dataset.ids[:-1], IMAGE_SIZE)
+    new = build_latent_cache(dataset, ae, tmp_path, "train", progress=False)
+    assert new.path != old.path
+    direct = ae.encode(torch.stack([dataset[i]["image"] for i in range(len(dataset))]))
+    np.testing.assert_allclose(new.latents, direct.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_truncated_cache_is_detected_and_rebuilt(tmp_path, toy_root):
+    dataset, ae = _dataset(toy_root), _autoencoder()
+    good = build_latent_cache(dataset, ae, tmp_path, "train", progress=False)
+    expected = _digest(good)
+    path = good.path / LATENTS
+    del good
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    rebuilt = build_latent_cache(dataset, ae, tmp_path, "train", progress=False)
+    assert _digest(rebuilt) == expected
+
+
+def test_interrupted_build_resumes_to_identical_cache(tmp_path, toy_root):
+    dataset, ae = _dataset(toy_root), _autoencoder()
+    reference = _digest(build_latent_cache(dataset, ae, tmp_path / "straight", "train", batch_size=4, progress=False))
+
+    class Crash(RuntimeError):
+        pass
+
+    encoded = []
+    real_encode = ae.encode
+
+    def encode_then_crash(images):
+        if len(encoded) == 3:
+            raise Crash("simulated kill")
+        encoded.append(len(images))
+        return real_encode(images)
+
+    ae.encode = encode_then_crash
+    with pytest.raises(Crash):
+        build_latent_cache(dataset, ae, tmp_path / "resumed", "train", batch_size=4, progress=False)
+    partial = next((tmp_path / "resumed").glob("*.partial"))
+    assert not (partial / MANIFEST).exists()
+    ae.encode = lambda images: encoded.append(len(images)) or real_encode(images)
+    resumed = build_latent_cache(dataset, ae, tmp_path / "resumed", "train", batch_size=4, progress=False)
+    assert sum(encoded) == len(dataset)  # the rerun encoded only what the crash left undone
+    assert _digest(resumed) == reference

@@ -1,0 +1,84 @@
+"""The real Hydra config, composed and run on tiny sizes: fast_dev_run, a short fit, then sample.py."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from PIL import Image
+
+from conftest import ROOT, compose_config
+from text_ldm.training import train
+
+
+def test_fast_dev_run(train_cfg):
+    train_cfg.trainer.fast_dev_run = True
+    metrics = train(train_cfg)
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+
+
+def test_unet_width_and_shape_follow_encoder_and_autoencoder(train_cfg):
+    model = instantiate(train_cfg.model)
+    assert model.unet.config.cross_attention_dim == model.text_encoder.embed_dim == 384
+    assert model.unet.config.in_channels == model.autoencoder.latent_channels
+    assert model.latent_shape == (3, 8, 8)
+
+
+def test_caption_dropout_rate(train_cfg):
+    model = instantiate(train_cfg.model)
+    torch.manual_seed(0)
+    dropped = model._drop_captions(["a caption"] * 20000)
+    assert abs(dropped.count("") / 20000 - 0.1) < 0.01
+
+
+def test_fit_then_sample_from_checkpoint_alone(train_cfg, tmp_path):
+    train(train_cfg)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert checkpoint["hyper_parameters"]["noise_scheduler"]["beta_schedule"] == "scaled_linear"
+    assert not any(k.startswith(("text_encoder.", "autoencoder.")) for k in checkpoint["state_dict"])
+    grids = list((tmp_path / "run").rglob("images/samples_step*.png"))
+    assert grids, "the image logger wrote no preview grid"
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("She has blond hair and wears eyeglasses.\n\nHe has black hair and a beard.\n")
+    out = tmp_path / "samples"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "sample.py"), f"ckpt={ckpt}", f"prompts_file={prompts}", "num_images_per_prompt=2",
+         "steps=3", "seed=7", f"out_dir={out}", f"hydra.run.dir={tmp_path / 'hydra'}"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"grid: {out / 'grid.png'}" in result.stdout
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [r["file"] for r in records] == ["0000_00.png", "0000_01.png", "0001_00.png", "0001_01.png"]
+    assert {r["prompt"] for r in records} == {"She has blond hair and wears eyeglasses.", "He has black hair and a beard."}
+    assert [r["seed"] for r in records] == [7, 8, 9, 10]
+    assert all(r["sampler"] == "ddim" and r["steps"] == 3 and r["guidance_scale"] == 3.0 for r in records)
+    for r in records:
+        assert Image.open(out / r["file"]).size == (32, 32)
+    grid = Image.open(out / "grid.png")
+    assert grid.width >= 2 * 32 and grid.height > 2 * 2 * 32  # two rows of two upscaled images plus captions
+
+
+@pytest.mark.parametrize("group,choice", [("model", "unet_huge"), ("sampler", "nope"), ("vae", "missing")])
+def test_unknown_choice_lists_the_options(group, choice):
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException) as err:
+        compose_config("train", [f"{group}={choice}"])
+    assert "Available options" in str(err.value)
+
+
+def test_every_model_size_composes_and_builds(tmp_path, tiny_vq_dir, toy_root):
+    from text_ldm.models.unet import build_unet
+    from text_ldm.utils.config import plain
+
+    for size, channels in [("unet_tiny", 32), ("unet_small", 128), ("unet_base", 256)]:
+        cfg = compose_config("train", [f"model={size}", f"paths.root_dir={tmp_path}"])
+        assert cfg.model.noise_scheduler.beta_start == 0.00085 and cfg.model.noise_scheduler.beta_end == 0.012
+        if size != "unet_base":  # building the base UNet costs seconds and ~1 GB for nothing new
+            unet = build_unet(plain(cfg.model.unet), 3, 16, 512)
+            assert unet.config.block_out_channels[0] == channels
