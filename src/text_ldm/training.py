@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import lightning as L
 import torch
@@ -11,6 +12,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from text_ldm.utils.checkpoint_io import AtomicCheckpointIO
 from text_ldm.utils.instantiate import instantiate_callbacks, instantiate_loggers
+
+
+# The frozen text encoder and autoencoder are in eval mode on purpose.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
 def describe_batch(cfg: DictConfig, trainer: L.Trainer) -> str:

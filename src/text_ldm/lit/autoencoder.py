@@ -14,7 +14,11 @@ from text_ldm.utils.config import plain
 
 
 class VQAutoencoderModule(L.LightningModule):
-    """diffusers VQModel trained with L1 + MSE reconstruction and the VQ commitment loss.
+    """diffusers VQModel trained with L1 + MSE reconstruction (+ the VQ commitment loss when
+    `quantize`). With `quantize=False` the codebook is bypassed and the model is a plain
+    convolutional autoencoder with continuous latents; decode it with `force_not_quantize`.
+    `train_crop` trains on random crops: the model is fully convolutional, and on a CPU a 32px
+    crop costs a quarter of the 64px image.
 
     After fitting, the latent scale is set so that the pre-quantisation latents of the training
     images have unit variance (recorded as the model config's `scaling_factor`), and the model is
@@ -22,21 +26,31 @@ class VQAutoencoderModule(L.LightningModule):
     batch: {"image": (B, 3, H, W) in [-1, 1]}.
     """
 
-    def __init__(self, vq: dict, optimizer: dict, export_dir: str | None = None, commit_weight: float = 1.0,
+    def __init__(self, vq: dict, optimizer: dict, lr_scheduler: dict | None = None, export_dir: str | None = None,
+                 quantize: bool = True, commit_weight: float = 1.0, train_crop: int | None = None,
                  scale_batches: int = 16):
         super().__init__()
         self.save_hyperparameters({k: plain(v) for k, v in locals().items() if k not in ("self", "__class__")})
         self.model = VQModel(**plain(vq))
 
     def _losses(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.model(images)
+        latents = self.model.encode(images).latents
+        out = self.model.decode(latents, force_not_quantize=not self.hparams.quantize)
         l1, mse = F.l1_loss(out.sample, images), F.mse_loss(out.sample, images)
-        commit = out.commit_loss.mean()
+        commit = out.commit_loss.mean() if out.commit_loss is not None else torch.zeros((), device=images.device)
         psnr = 10 * torch.log10(4.0 / mse.clamp_min(1e-10))  # images span [-1, 1]: peak-to-peak 2
         return {"loss": l1 + mse + self.hparams.commit_weight * commit, "l1": l1, "commit": commit, "psnr": psnr}
 
+    def _random_crop(self, images: torch.Tensor) -> torch.Tensor:
+        crop, size = self.hparams.train_crop, images.shape[-1]
+        if not crop or crop >= size:
+            return images
+        factor = 2 ** (len(self.model.config.block_out_channels) - 1)  # keep crops on the latent grid
+        top, left = (int(torch.randint(0, (size - crop) // factor + 1, ())) * factor for _ in range(2))
+        return images[..., top:top + crop, left:left + crop]
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        losses = self._losses(batch["image"])
+        losses = self._losses(self._random_crop(batch["image"]))
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(batch["image"]))
         return losses["loss"]
 
@@ -46,7 +60,11 @@ class VQAutoencoderModule(L.LightningModule):
                       batch_size=len(batch["image"]))
 
     def configure_optimizers(self):
-        return instantiate(self.hparams.optimizer)(params=self.model.parameters())
+        optimizer = instantiate(self.hparams.optimizer)(params=self.model.parameters())
+        if self.hparams.lr_scheduler is None:
+            return optimizer
+        scheduler = instantiate(self.hparams.lr_scheduler)(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     @torch.no_grad()
     def latent_std(self, loader) -> float:

@@ -23,7 +23,8 @@ class FrozenAutoencoder(nn.Module):
     - `identity`: pixel-space diffusion (no autoencoder), f = 1, C = 3.
     """
 
-    def __init__(self, model: nn.Module | None, kind: str, scaling_factor: float, source: str = ""):
+    def __init__(self, model: nn.Module | None, kind: str, scaling_factor: float, source: str = "",
+                 force_not_quantize: bool = False):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"autoencoder kind={kind!r}; choose one of {KINDS}")
@@ -33,14 +34,16 @@ class FrozenAutoencoder(nn.Module):
         self.kind = kind
         self.scaling_factor = float(scaling_factor)
         self.source = source
+        self.force_not_quantize = bool(force_not_quantize)
 
     @classmethod
     def from_pretrained(cls, pretrained: str | None = None, kind: str = "vq", subfolder: str | None = None,
-                        scaling_factor: float | None = None) -> "FrozenAutoencoder":
+                        scaling_factor: float | None = None, force_not_quantize: bool = False) -> "FrozenAutoencoder":
         """Load a hub id or local directory (hub layout, `subfolder` like "vqvae" or "vae").
 
         `scaling_factor=None` takes the model config's value. Set it explicitly where the config
         is wrong: CompVis/ldm-celebahq-256 latents are unscaled (1.0), not VQModel's 0.18215.
+        `force_not_quantize` decodes a VQModel without its codebook (the toy autoencoder is trained so).
         """
         if kind == "identity":
             return cls(None, kind, 1.0 if scaling_factor is None else scaling_factor, "identity")
@@ -48,9 +51,9 @@ class FrozenAutoencoder(nn.Module):
             raise ValueError(f"autoencoder kind={kind!r}; choose one of {KINDS}")
         path = resolve_pretrained(pretrained)
         model_cls = VQModel if kind == "vq" else AutoencoderKL
-        model = model_cls.from_pretrained(path, **({"subfolder": subfolder} if subfolder else {}))
+        model = model_cls.from_pretrained(path, **({"subfolder": subfolder} if subfolder else {})).float()
         scale = model.config.scaling_factor if scaling_factor is None else scaling_factor
-        return cls(model, kind, scale, f"{pretrained}/{subfolder or ''}")
+        return cls(model, kind, scale, f"{pretrained}/{subfolder or ''}", force_not_quantize)
 
     @property
     def latent_channels(self) -> int:
@@ -80,11 +83,13 @@ class FrozenAutoencoder(nn.Module):
         latents = latents / self.scaling_factor
         if self.model is None:
             return latents.clamp(-1, 1)
+        if self.kind == "vq":
+            return self.model.decode(latents, force_not_quantize=self.force_not_quantize).sample.clamp(-1, 1)
         return self.model.decode(latents).sample.clamp(-1, 1)
 
     def fingerprint(self) -> str:
         """Changes whenever the encoder would produce different latents: kind, scale, config, weights."""
-        digest = hashlib.sha256(json.dumps({"kind": self.kind, "scale": self.scaling_factor}).encode())
+        digest = hashlib.sha256(json.dumps({"kind": self.kind, "scale": self.scaling_factor}).encode())  # decode-only options do not change latents
         if self.model is not None:
             digest.update(json.dumps(dict(self.model.config), sort_keys=True, default=str).encode())
             for name, tensor in sorted(self.model.state_dict().items()):
