@@ -84,8 +84,9 @@ class VQAutoencoderModule(L.LightningModule):
     def export(self, export_dir: str, loader) -> None:
         self.model.eval()
         scale = 1.0 / self.latent_std(loader)
-        self.model.register_to_config(scaling_factor=scale)
         export_copy = VQModel.from_config(self.model.config)
         export_copy.load_state_dict(self.model.state_dict())
+        # from_config drops scaling_factor, so it is registered on the copy that is saved.
+        export_copy.register_to_config(scaling_factor=scale)
         export_copy.to(torch.float16).save_pretrained(Path(export_dir), safe_serialization=True)
         print(f"[autoencoder] saved to {export_dir} (latent scale {scale:.4f})")
