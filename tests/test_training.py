@@ -39,7 +39,10 @@ def test_fit_then_sample_from_checkpoint_alone(train_cfg, tmp_path):
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert checkpoint["hyper_parameters"]["noise_scheduler"]["beta_schedule"] == "scaled_linear"
-    assert not any(k.startswith(("text_encoder.", "autoencoder.")) for k in checkpoint["state_dict"])
+    for weights in ("state_dict", "current_model_state"):  # EMA weights and raw weights
+        assert not any(k.startswith(("text_encoder.", "autoencoder.")) for k in checkpoint[weights])
+    ema, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema)
     grids = list((tmp_path / "run").rglob("images/samples_step*.png"))
     assert grids, "the image logger wrote no preview grid"
 

@@ -30,7 +30,7 @@ class LatentDiffusion(L.LightningModule):
 
     def __init__(self, unet: dict, text_encoder: dict, autoencoder: dict, noise_scheduler: dict,
                  image_size: int, optimizer: dict | None = None, lr_scheduler: dict | None = None,
-                 caption_dropout: float = 0.1, preview: dict | None = None):
+                 caption_dropout: float = 0.1, snr_gamma: float | None = None, preview: dict | None = None):
         super().__init__()
         self.save_hyperparameters({k: plain(v) for k, v in locals().items() if k not in ("self", "__class__")})
         self.text_encoder = instantiate(plain(text_encoder))
@@ -42,6 +42,7 @@ class LatentDiffusion(L.LightningModule):
         self.unet = build_unet(plain(unet), self.latent_shape[0], self.latent_shape[1], self.text_encoder.embed_dim)
         self.noise_scheduler = DDPMScheduler(**plain(noise_scheduler))
         self.caption_dropout = float(caption_dropout)
+        self.snr_gamma = snr_gamma
         self.preview = {"sampler": "ddim", "steps": 50, "guidance_scale": 3.0, "seed": 0, **(plain(preview) or {})}
 
     def forward(self, noisy_latents, timesteps, context):
@@ -59,7 +60,17 @@ class LatentDiffusion(L.LightningModule):
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
                                   generator=generator, device=latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        return F.mse_loss(self(noisy, timesteps, context).float(), noise.float())
+        per_sample = F.mse_loss(self(noisy, timesteps, context).float(), noise.float(), reduction="none")
+        return (per_sample.mean(dim=(1, 2, 3)) * self._loss_weights(timesteps)).mean()
+
+    def _loss_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """Min-SNR-gamma weighting (Hang et al. 2023) for epsilon prediction: min(SNR, gamma) / SNR.
+        It stops the many easy low-noise steps from dominating; 1 everywhere when snr_gamma is None."""
+        if self.snr_gamma is None:
+            return torch.ones(timesteps.shape, device=timesteps.device)
+        alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+        snr = alphas_cumprod / (1 - alphas_cumprod)
+        return torch.clamp(snr, max=self.snr_gamma) / snr
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self._diffusion_loss(batch["latent"], self._drop_captions(batch["caption"]))
@@ -98,13 +109,19 @@ class LatentDiffusion(L.LightningModule):
 
     # The frozen parts come from their own pretrained sources; keeping them out of checkpoints
     # saves hundreds of MB per file (CLIP, the VQ-VAE) and keeps resume cheap.
+    # With EMA (Lightning's WeightAveraging), "state_dict" holds the averaged weights and
+    # "current_model_state" the raw ones; both drop the frozen parts.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint["state_dict"]
-        for key in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
-            del state[key]
+        for state in _weight_states(checkpoint):
+            for key in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
+                del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint["state_dict"]
-        for key, value in self.state_dict().items():
-            if key.startswith(FROZEN_PREFIXES):
-                state.setdefault(key, value)
+        for state in _weight_states(checkpoint):
+            for key, value in self.state_dict().items():
+                if key.startswith(FROZEN_PREFIXES):
+                    state.setdefault(key, value)
+
+
+def _weight_states(checkpoint: dict) -> list[dict]:
+    return [checkpoint[k] for k in ("state_dict", "current_model_state") if k in checkpoint]

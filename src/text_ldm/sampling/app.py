@@ -56,7 +56,7 @@ def sample(cfg: DictConfig) -> Path:
     steps = int(cfg.steps if cfg.get("steps") is not None else cfg.sampler.steps)
     validate(cfg, steps)
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_diffusion(cfg.ckpt, device)
+    model = load_diffusion(cfg.ckpt, device, use_ema=bool(cfg.use_ema))
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     k = int(cfg.num_images_per_prompt)
