@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from conftest import IMAGE_SIZE
 from text_ldm.data.celeba_layout import read_captions

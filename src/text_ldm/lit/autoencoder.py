@@ -7,10 +7,10 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from diffusers import VQModel
-from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 
 from text_ldm.utils.config import plain
+from text_ldm.utils.optim import configure_from_partials
 
 
 class VQAutoencoderModule(L.LightningModule):
@@ -60,11 +60,7 @@ class VQAutoencoderModule(L.LightningModule):
                       batch_size=len(batch["image"]))
 
     def configure_optimizers(self):
-        optimizer = instantiate(self.hparams.optimizer)(params=self.model.parameters())
-        if self.hparams.lr_scheduler is None:
-            return optimizer
-        scheduler = instantiate(self.hparams.lr_scheduler)(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return configure_from_partials(self.model.parameters(), self.hparams.optimizer, self.hparams.lr_scheduler)
 
     @torch.no_grad()
     def latent_std(self, loader) -> float:

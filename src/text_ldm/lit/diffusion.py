@@ -1,7 +1,6 @@
 """Stage 2: the text-conditioned latent diffusion LightningModule."""
 from __future__ import annotations
 
-from typing import Any
 
 import lightning as L
 import torch
@@ -13,6 +12,7 @@ from text_ldm.models.unet import build_unet
 from text_ldm.sampling.pipeline import generate
 from text_ldm.sampling.schedulers import make_sampler
 from text_ldm.utils.config import plain
+from text_ldm.utils.optim import configure_from_partials
 
 FROZEN_PREFIXES = ("text_encoder.", "autoencoder.")
 
@@ -88,14 +88,8 @@ class LatentDiffusion(L.LightningModule):
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(self.current_epoch)
 
-    def configure_optimizers(self) -> Any:
-        if self.hparams.optimizer is None:
-            raise ValueError("model.optimizer is not set; training needs one")
-        optimizer = instantiate(self.hparams.optimizer)(params=self.unet.parameters())
-        if self.hparams.lr_scheduler is None:
-            return optimizer
-        scheduler = instantiate(self.hparams.lr_scheduler)(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    def configure_optimizers(self):
+        return configure_from_partials(self.unet.parameters(), self.hparams.optimizer, self.hparams.lr_scheduler)
 
     @torch.no_grad()
     def log_images(self, prompts: list[str]) -> dict[str, torch.Tensor]:
