@@ -1,0 +1,19 @@
+"""Measure a checkpoint: `python evaluate.py ckpt=PATH [n_prompts=100 ...]` (see docs/evaluation.md)."""
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    from text_ldm.evaluation.app import evaluate
+
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

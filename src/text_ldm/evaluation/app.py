@@ -1,0 +1,142 @@
+"""`evaluate.py`'s body: attribute fidelity (ceiling / samples / floors), FID-KID or their offline
+stand-ins, CLIP score; prints a table and writes metrics.json beside the samples."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from text_ldm.data.celeba_layout import CelebALayout, read_attributes
+from text_ldm.evaluation.attribute_classifier import (FEATURE_NAME, ClassifierConfig, ClassifierFeatures,
+                                                      get_classifier, load_images, predict)
+from text_ldm.evaluation.fidelity import accuracy_vs_targets, format_table, majority_floor, majority_values
+from text_ldm.evaluation.image_metrics import clip_score, fid_kid
+from text_ldm.evaluation.prompts import build_prompts
+from text_ldm.utils.grid import to_pil
+
+COLUMNS = {"ceiling": "ceiling (real test)", "samples": "samples", "empty_prompt_floor": "empty-prompt floor",
+           "majority_floor": "majority floor"}
+
+
+def validate(cfg: DictConfig, steps: int) -> None:
+    problems = []
+    for key in ("n_prompts", "num_images_per_prompt", "batch_size", "image_size"):
+        if int(cfg[key]) < 1:
+            problems.append(f"{key}={cfg[key]} must be >= 1")
+    if steps < 1:
+        problems.append(f"steps={steps} must be >= 1")
+    if float(cfg.guidance_scale) < 0:
+        problems.append(f"guidance_scale={cfg.guidance_scale} must be >= 0")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def sample_images(model, sampler_name: str, texts: Sequence[str], seeds: Sequence[int], steps: int,
+                  guidance_scale: float, batch_size: int, desc: str) -> torch.Tensor:
+    """(N, 3, H, W) images in [0, 1] on the CPU, one per (text, seed), generated in batches."""
+    from text_ldm.sampling.pipeline import generate
+    from text_ldm.sampling.schedulers import make_sampler
+
+    out = []
+    for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch"):
+        sampler = make_sampler(sampler_name, model.noise_scheduler.config)
+        out.append(generate(model.unet, sampler, model.text_encoder, model.autoencoder,
+                            list(texts[start: start + batch_size]), list(seeds[start: start + batch_size]),
+                            model.latent_shape, steps=steps, guidance_scale=guidance_scale).cpu())
+    return torch.cat(out)
+
+
+def to_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    """[0, 1] float images -> uint8 at size x size (antialiased resize when the model's size differs)."""
+    if images.shape[-1] != size or images.shape[-2] != size:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def _save_pngs(images: torch.Tensor, out_dir: Path, names: Sequence[str]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for image, name in zip(images, names):
+        to_pil(image).save(out_dir / name, format="PNG")
+
+
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Run the whole evaluation; returns the metrics dict that is also written to metrics.json."""
+    started = time.time()
+    steps = int(cfg.steps if cfg.get("steps") is not None else cfg.sampler.steps)
+    validate(cfg, steps)
+    k, size, seed, scale = int(cfg.num_images_per_prompt), int(cfg.image_size), int(cfg.seed), float(cfg.guidance_scale)
+    layout = CelebALayout(Path(cfg.data_root))
+    layout.check()
+    names, rows = read_attributes(layout.attribute_path)
+    train_ids, test_ids = layout.split_ids("train"), layout.split_ids("test")
+    prompts = build_prompts(names, rows, test_ids, int(cfg.n_prompts), seed)  # fails fast on a bad n_prompts
+
+    clf_config = ClassifierConfig(**cfg.classifier)
+    classifier, clf_path = get_classifier(layout.root, names, rows, train_ids, size, clf_config,
+                                          cache_dir=cfg.get("cache_dir"))
+    real = load_images(layout.root, test_ids, size, desc="test images")
+    ceiling = accuracy_vs_targets(predict(classifier, real), [rows[i] for i in test_ids], names)
+
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    from text_ldm.sampling.checkpoint import load_diffusion
+
+    model = load_diffusion(cfg.ckpt, device, use_ema=bool(cfg.use_ema))
+    texts = [p.text for p in prompts for _ in range(k)]
+    targets = [p.targets for p in prompts for _ in range(k)]
+    seeds = [seed + j for j in range(len(texts))]
+    files = [f"{p:04d}_{i:02d}.png" for p in range(len(prompts)) for i in range(k)]
+    out_dir = Path(cfg.out_dir)
+    samples = sample_images(model, cfg.sampler.name, texts, seeds, steps, scale, int(cfg.batch_size), "prompted")
+    _save_pngs(samples, out_dir / "samples", files)
+    empty = sample_images(model, cfg.sampler.name, [""] * len(texts), seeds, steps, scale, int(cfg.batch_size),
+                          "empty prompt")
+    _save_pngs(empty, out_dir / "empty_prompt", files)
+    fake = to_uint8(samples, size)
+
+    scores = {"ceiling": ceiling,
+              "samples": accuracy_vs_targets(predict(classifier, fake), targets, names),
+              "empty_prompt_floor": accuracy_vs_targets(predict(classifier, to_uint8(empty, size)), targets, names),
+              "majority_floor": majority_floor(targets, majority_values(names, rows, train_ids), names)}
+    dist = fid_kid(real, fake, ClassifierFeatures(classifier).eval(), FEATURE_NAME,
+                   inception_weights=cfg.get("inception_weights"))
+    clip_value, clip_reason = clip_score(to_uint8(samples, samples.shape[-1]), texts, str(cfg.clip_model))
+
+    table = format_table(names, {COLUMNS[key]: col for key, col in scores.items()})
+    print(f"\nattribute accuracy (%), {len(prompts)} prompts x {k} images, {cfg.sampler.name} {steps} steps, "
+          f"guidance {scale}, seed {seed}; '—' = no prompt states it\n{table}\n")
+    print(dist["line"])
+    print(f"CLIP score ({cfg.clip_model}): {clip_value:.3f}" if clip_value is not None else clip_reason)
+
+    metrics = {
+        "ckpt": str(cfg.ckpt), "data_root": str(layout.root), "image_size": size,
+        "n_prompts": len(prompts), "num_images_per_prompt": k, "sampler": str(cfg.sampler.name), "steps": steps,
+        "guidance_scale": scale, "seed": seed, "use_ema": bool(cfg.use_ema), "attributes": list(names),
+        "attribute_accuracy": scores,
+        "classifier": {"path": str(clf_path), "config": dataclasses.asdict(clf_config), "num_train": len(train_ids),
+                       "num_test": len(test_ids)},
+        "image_metrics": {key: dist[key] for key in ("feature_extractor", "fd_label", "kd_label", "fd", "kd_mean",
+                                                     "kd_std", "note")} | {"num_real": len(real), "num_fake": len(fake)},
+        "feature_extractor": dist["feature_extractor"],
+        "clip_score": clip_value, "clip_model": str(cfg.clip_model), "clip_skipped": clip_reason or None,
+        "prompts": [{"text": p.text, "targets": p.targets, "files": files[j * k:(j + 1) * k]}
+                    for j, p in enumerate(prompts)],
+        "elapsed_s": round(time.time() - started, 1),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_json(out_dir / "metrics.json", metrics)
+    print(f"metrics: {out_dir / 'metrics.json'}")
+    return metrics

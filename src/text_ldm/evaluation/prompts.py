@@ -1,0 +1,70 @@
+"""Prompts built from held-out attribute rows, each with the attributes its text states.
+
+A prompt is scored only on the attributes it states: `Prompt.targets` holds exactly those.
+Toy-face attribute names reuse `toy_faces.caption_for`'s canonical wording; any other attribute
+set gets a generic "A photo of a person with X and Y, without Z." template stating every attribute.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from text_ldm.data import toy_faces
+from text_ldm.data.toy_faces import ATTRIBUTES, HAIR_COLOURS, caption_for
+
+
+class Prompt(NamedTuple):
+    text: str
+    targets: dict[str, bool]  # attribute -> expected value, only for attributes the text states
+
+
+def is_toy(names: Sequence[str]) -> bool:
+    return set(names) == set(ATTRIBUTES)
+
+
+def toy_prompt(attrs: dict[str, bool]) -> Prompt:
+    """caption_for's canonical caption; its targets follow the facts that caption states
+    (toy_faces._facts): sex via the noun/pronoun, the hair colour (which also rules out the other
+    colours), and lipstick / beard only where the caption mentions them."""
+    targets = {"Male": attrs["Male"]}
+    for key, value in toy_faces._facts(attrs):  # noqa: SLF001 - the single source of what a caption states
+        if key == "hair":
+            targets.update({h: attrs[h] for h in HAIR_COLOURS})
+        elif key == "beard":
+            targets["No_Beard"] = not value
+        else:
+            targets[key] = value
+    return Prompt(caption_for(attrs), targets)
+
+
+def humanise(name: str) -> str:
+    return name.replace("_", " ").lower()
+
+
+def _join(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def generic_prompt(attrs: dict[str, bool], names: Sequence[str]) -> Prompt:
+    pos = [humanise(n) for n in names if attrs[n]]
+    neg = [humanise(n) for n in names if not attrs[n]]
+    parts = []
+    if pos:
+        parts.append(f"with {_join(pos)}")
+    if neg:
+        parts.append(f"without {_join(neg)}")
+    return Prompt(f"A photo of a person {', '.join(parts)}.", {n: attrs[n] for n in names})
+
+
+def build_prompts(names: Sequence[str], rows: dict[str, dict[str, bool]], held_out_ids: Sequence[str],
+                  n_prompts: int, seed: int = 0) -> list[Prompt]:
+    """`n_prompts` prompts from distinct held-out rows (a seeded random choice, in id order)."""
+    if n_prompts < 1:
+        raise ValueError(f"n_prompts={n_prompts} must be >= 1")
+    ids = [i for i in held_out_ids if i in rows]
+    if n_prompts > len(ids):
+        raise ValueError(f"n_prompts={n_prompts} exceeds the {len(ids)} held-out rows with attributes")
+    chosen = sorted(np.random.default_rng(seed).choice(len(ids), size=n_prompts, replace=False).tolist())
+    toy = is_toy(names)
+    return [toy_prompt(rows[ids[j]]) if toy else generic_prompt(rows[ids[j]], names) for j in chosen]
