@@ -91,3 +91,18 @@ def test_initial_noise_depends_only_on_seed():
 def test_unknown_sampler_lists_choices():
     with pytest.raises(ValueError, match="ddim"):
         make_sampler("euler_x", TRAIN_SCHEDULER)
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "pndm", "lms", "euler_a", "dpmpp_2m", "unipc"])
+def test_every_sampler_runs_from_its_config(name):
+    from conftest import compose_config
+
+    steps = compose_config("sample", [f"sampler={name}", "ckpt=unused"]).sampler.steps
+    if name == "ddpm":
+        assert steps == 1000
+    else:
+        assert 20 <= steps <= 50
+    sampler = make_sampler(name, TRAIN_SCHEDULER)
+    assert sampler.config.beta_schedule == "scaled_linear" and sampler.config.beta_end == 0.012
+    images, unet = _run(["a face"], [3], sampler=name, steps=6)
+    assert torch.isfinite(images).all() and len(unet.calls) >= 6

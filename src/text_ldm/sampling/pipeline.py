@@ -1,6 +1,7 @@
 """Text-to-image sampling loop with batched classifier-free guidance."""
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -39,8 +40,11 @@ def generate(unet, scheduler: SchedulerMixin, text_encoder: FrozenTextEncoder, a
         context = torch.cat([uncond, cond])
     else:
         context = cond
-    # Stochastic samplers (DDPM) draw step noise from one generator seeded by the batch's first seed.
-    step_generator = torch.Generator(device=param.device).manual_seed(int(seeds[0]) if len(seeds) else 0)
+    # Stochastic samplers (DDPM, Euler ancestral) draw step noise from one generator seeded by the
+    # batch's first seed; deterministic ones take no generator at all.
+    step_kwargs = {}
+    if "generator" in inspect.signature(scheduler.step).parameters:
+        step_kwargs["generator"] = torch.Generator(device=param.device).manual_seed(int(seeds[0]) if len(seeds) else 0)
     scheduler.set_timesteps(steps, device=param.device)
     latents = latents * scheduler.init_noise_sigma
     for t in tqdm(scheduler.timesteps, desc="sampling", disable=not progress, leave=False):
@@ -50,6 +54,6 @@ def generate(unet, scheduler: SchedulerMixin, text_encoder: FrozenTextEncoder, a
         if use_cfg:
             pred_uncond, pred_cond = pred.chunk(2)
             pred = pred_uncond + guidance_scale * (pred_cond - pred_uncond)
-        latents = scheduler.step(pred, t, latents, generator=step_generator).prev_sample
+        latents = scheduler.step(pred, t, latents, **step_kwargs).prev_sample
     images = autoencoder.decode(latents.to(next(autoencoder.parameters(), param).dtype))
     return ((images.float() + 1) / 2).clamp(0, 1)
