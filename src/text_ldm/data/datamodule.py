@@ -31,7 +31,7 @@ class LatentCaptionDataset(Dataset):
     def __init__(self, cache: LatentCache, captions: list[list[str]], seed: int = 0, fixed_caption: bool = False):
         if len(captions) != len(cache.ids):
             raise ValueError(f"{len(captions)} caption lists for {len(cache.ids)} latents")
-        self.latents = np.asarray(cache.latents)  # toy caches fit in RAM; real ones stay memory-mapped
+        self.latents = cache.latents  # memory-mapped: pages load on first touch, shared by workers
         self.captions = captions
         self.seed, self.epoch, self.fixed_caption = int(seed), 0, fixed_caption
 
