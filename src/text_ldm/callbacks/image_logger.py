@@ -7,6 +7,7 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from text_ldm.utils.atomic import atomic_save_png
 from text_ldm.utils.grid import captioned_grid
 
 
@@ -36,8 +37,7 @@ class ImageLogger(L.Callback):
             rows = list(images.split(self.images_per_prompt))
             grid = captioned_grid(rows, prompts)
             out = Path(trainer.log_dir or trainer.default_root_dir) / "images" / f"{key}_step{trainer.global_step:06d}.png"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            grid.save(out)
+            atomic_save_png(grid, out)
             self._to_loggers(trainer, key, grid)
         pl_module.train(was_training)
 

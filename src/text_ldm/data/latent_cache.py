@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from text_ldm.data.image_dataset import ImageDataset
 from text_ldm.models.autoencoder import FrozenAutoencoder
+from text_ldm.utils.atomic import atomic_write_text
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -63,9 +64,7 @@ def cache_fingerprint(autoencoder_fingerprint: str, image_size: int, ids: list[s
 
 
 def _atomic_write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 def build_latent_cache(dataset: ImageDataset, autoencoder: FrozenAutoencoder, cache_root: str | Path,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 from typing import Sequence
@@ -20,6 +19,7 @@ from text_ldm.evaluation.attribute_classifier import (FEATURE_NAME, ClassifierCo
 from text_ldm.evaluation.fidelity import accuracy_vs_targets, format_table, majority_floor, majority_values
 from text_ldm.evaluation.image_metrics import clip_score, fid_kid
 from text_ldm.evaluation.prompts import build_prompts
+from text_ldm.utils.atomic import atomic_save_png, atomic_write_text
 from text_ldm.utils.grid import to_pil
 
 COLUMNS = {"ceiling": "ceiling (real test)", "samples": "samples", "empty_prompt_floor": "empty-prompt floor",
@@ -62,15 +62,8 @@ def to_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _save_pngs(images: torch.Tensor, out_dir: Path, names: Sequence[str]) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
     for image, name in zip(images, names):
-        to_pil(image).save(out_dir / name, format="PNG")
-
-
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+        atomic_save_png(to_pil(image), out_dir / name)
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -137,6 +130,6 @@ def evaluate(cfg: DictConfig) -> dict:
         "elapsed_s": round(time.time() - started, 1),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_json(out_dir / "metrics.json", metrics)
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     print(f"metrics: {out_dir / 'metrics.json'}")
     return metrics

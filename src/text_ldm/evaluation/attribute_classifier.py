@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -22,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from text_ldm.data.celeba_layout import CelebALayout, load_image
+from text_ldm.utils.atomic import atomic_path, atomic_write_text
 
 # Bump when the architecture or the training recipe changes: old caches are then ignored.
 CLASSIFIER_VERSION = 1
@@ -123,12 +123,6 @@ def train_classifier(images: torch.Tensor, targets: torch.Tensor, config: Classi
     return model.eval()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def get_classifier(root: str | Path, names: Sequence[str], rows: dict[str, dict[str, bool]],
                    train_ids: Sequence[str], image_size: int, config: ClassifierConfig = ClassifierConfig(),
                    cache_dir: str | Path | None = None, progress: bool = True) -> tuple[AttributeClassifier, Path]:
@@ -144,13 +138,11 @@ def get_classifier(root: str | Path, names: Sequence[str], rows: dict[str, dict[
         return model.eval(), weights
     images = load_images(root, train_ids, image_size, desc="train images")
     model = train_classifier(images, targets_of(names, rows, train_ids), config, progress=progress)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = weights.with_name(f".{weights.name}.tmp-{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
     meta = {"names": list(names), "num_train": len(train_ids), "image_size": int(image_size),
             "config": dataclasses.asdict(config), "version": CLASSIFIER_VERSION, "fingerprint": key}
-    _atomic_write_text(weights.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, weights)  # last: the weights' presence means the cache entry is complete
+    atomic_write_text(weights.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
+    with atomic_path(weights) as tmp:  # last: the weights' presence means the cache entry is complete
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
     return model, weights
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -12,6 +11,7 @@ from tqdm.auto import tqdm
 from text_ldm.sampling.checkpoint import load_diffusion
 from text_ldm.sampling.pipeline import generate
 from text_ldm.sampling.schedulers import make_sampler
+from text_ldm.utils.atomic import atomic_save_png, atomic_write_text
 from text_ldm.utils.grid import captioned_grid, to_pil
 
 
@@ -43,12 +43,6 @@ def validate(cfg: DictConfig, steps: int) -> None:
         raise ValueError("; ".join(problems))
 
 
-def _save_png(image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
 def sample(cfg: DictConfig) -> Path:
     """Write one PNG per image (`<prompt:04d>_<k:02d>.png`), samples.jsonl and grid.png to
     cfg.out_dir; returns the grid's path."""
@@ -72,15 +66,13 @@ def sample(cfg: DictConfig) -> Path:
                        negative_prompt=str(cfg.negative_prompt)).cpu()
         for (p, i), seed, image in zip(batch, seeds, out):
             name = f"{p:04d}_{i:02d}.png"
-            _save_png(to_pil(image), out_dir / name)
+            atomic_save_png(to_pil(image), out_dir / name)
             images.append(image)
             records.append({"file": name, "prompt": prompts[p], "seed": seed, "sampler": cfg.sampler.name,
                             "steps": steps, "guidance_scale": float(cfg.guidance_scale),
                             "negative_prompt": str(cfg.negative_prompt)})
-    tmp = out_dir / ".samples.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, out_dir / "samples.jsonl")
+    atomic_write_text(out_dir / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     rows = [torch.stack(images[p * k:(p + 1) * k]) for p in range(len(prompts))]
     grid_path = out_dir / "grid.png"
-    _save_png(captioned_grid(rows, prompts), grid_path)
+    atomic_save_png(captioned_grid(rows, prompts), grid_path)
     return grid_path

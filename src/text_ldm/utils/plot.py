@@ -6,6 +6,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from text_ldm.utils.atomic import atomic_save_png
+
 
 def line_plot(points: Sequence[tuple[float, float]], path: str | Path, title: str, y_label: str = "",
               y_range: tuple[float, float] = (0.0, 1.0), size: tuple[int, int] = (480, 320)) -> Path:
@@ -38,9 +40,5 @@ def line_plot(points: Sequence[tuple[float, float]], path: str | Path, title: st
         draw.text((x1 - 70, y1 + 6), f"step {max(xs):g}", fill="black", font=font)
     if y_label:
         draw.text((x0 + 6, y0 + 4), y_label, fill=(90, 90, 90), font=font)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    tmp.replace(path)
-    return path
+    atomic_save_png(image, path)
+    return Path(path)
