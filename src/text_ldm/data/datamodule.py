@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from text_ldm.data.celeba_layout import CelebALayout, read_captions
 from text_ldm.data.image_dataset import ImageDataset
 from text_ldm.data.latent_cache import LatentCache, build_latent_cache
+from text_ldm.data.resumable import ResumableDataLoader
 from text_ldm.data.toy_faces import build_toy_faces
 from text_ldm.utils.config import plain
 
@@ -56,15 +57,18 @@ class CelebADataModule(L.LightningDataModule):
     """Serves `train` and `test` splits of `root` (validation uses `test`).
 
     mode="latents": encodes each split once with `autoencoder` (a config dict for
-    FrozenAutoencoder) into `cache_dir`, then serves (latent, caption). mode="images": serves
-    images in [-1, 1] for training the autoencoder. `toy` (kwargs of build_toy_faces) generates
-    the embedded toy-faces dataset at `root` on first use.
+    FrozenAutoencoder) into `cache_dir` (on the GPU when there is one, `cache_batch_size` images
+    at a time, decoded by `cache_num_workers` workers), then serves (latent, caption).
+    mode="images": serves images in [-1, 1] for training the autoencoder. `toy` (kwargs of
+    build_toy_faces) generates the embedded toy-faces dataset at `root` on first use.
+    `on_missing` ("error" | "skip") governs ids without an image or caption, and corrupt images
+    met while caching: one error naming the files and the count, or skip them with a count.
     """
 
     def __init__(self, root: str, image_size: int = 64, mode: str = "latents", batch_size: int = 64,
                  num_workers: int = 0, toy: dict[str, Any] | None = None, on_missing: str = "error",
                  cache_dir: str | None = None, autoencoder: dict[str, Any] | None = None,
-                 cache_batch_size: int = 64, seed: int = 0, preview_count: int = 8):
+                 cache_batch_size: int = 64, cache_num_workers: int = 0, seed: int = 0, preview_count: int = 8):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"data.mode={mode!r}; choose one of {MODES}")
@@ -75,6 +79,7 @@ class CelebADataModule(L.LightningDataModule):
         self.toy, self.on_missing, self.seed = plain(toy), on_missing, int(seed)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.autoencoder_config, self.cache_batch_size = plain(autoencoder), int(cache_batch_size)
+        self.cache_num_workers = int(cache_num_workers)
         self.preview_count = int(preview_count)
         self.layout = CelebALayout(self.root)
         self.datasets: dict[str, Dataset] = {}
@@ -95,8 +100,9 @@ class CelebADataModule(L.LightningDataModule):
     def _cache(self, split: str, autoencoder) -> LatentCache:
         ids = self.layout.collect(split, on_missing=self.on_missing)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        return build_latent_cache(ImageDataset(self.root, ids, self.image_size), autoencoder, self.cache_dir,
-                                  split, batch_size=self.cache_batch_size, device=device)
+        images = ImageDataset(self.root, ids, self.image_size, on_corrupt=self.on_missing)
+        return build_latent_cache(images, autoencoder, self.cache_dir, split, batch_size=self.cache_batch_size,
+                                  device=device, num_workers=self.cache_num_workers)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -123,7 +129,9 @@ class CelebADataModule(L.LightningDataModule):
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        # Resumable mid-epoch in the same order: Lightning saves and restores its position.
+        return ResumableDataLoader(self.datasets["train"], self.batch_size, seed=self.seed,
+                                   num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)

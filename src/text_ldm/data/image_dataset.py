@@ -6,9 +6,30 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
-from text_ldm.data.celeba_layout import CelebALayout, load_image
+from text_ldm.data.celeba_layout import CelebALayout, DatasetLayoutError, load_image
+
+ON_CORRUPT = ("error", "skip")
+
+# One upscale warning per process ("per run"), however many datasets, splits or images are small.
+_upscale_warned = False
+
+
+def warn_upscaled_once(path: str | Path, image_size: int) -> None:
+    """Warn that `path` (and possibly others) was smaller than `image_size`; only the first call warns."""
+    global _upscale_warned
+    if _upscale_warned:
+        return
+    _upscale_warned = True
+    warnings.warn(f"{path} is smaller than data.image_size={image_size} and was upscaled (blurry training data); "
+                  "other small images are upscaled silently: this warning is shown once per run.", stacklevel=3)
+
+
+def reset_upscale_warning() -> None:
+    """Arm the once-per-run upscale warning again (tests, or a new run in the same process)."""
+    global _upscale_warned
+    _upscale_warned = False
 
 
 def to_tensor(image) -> torch.Tensor:
@@ -18,22 +39,36 @@ def to_tensor(image) -> torch.Tensor:
 
 
 class ImageDataset(Dataset):
-    """Item i: {"image": (3, image_size, image_size) in [-1, 1], "id": ids[i]}."""
+    """Item i: {"image": (3, image_size, image_size) in [-1, 1], "id": ids[i], "upscaled": bool, "error": str}.
 
-    def __init__(self, root: str | Path, ids: list[str], image_size: int):
+    A corrupt or truncated image raises DatasetLayoutError naming the file, unless
+    `on_corrupt="skip"`: then the item is a zero image whose "error" holds that message, and the
+    consumer (the latent cache builder) leaves the row out and reports the count. DataLoader
+    workers do not warn about upscaling themselves (each would warn once); the consumer sees
+    "upscaled" in the batch and calls `warn_upscaled_once` in the main process.
+    """
+
+    def __init__(self, root: str | Path, ids: list[str], image_size: int, on_corrupt: str = "error"):
+        if on_corrupt not in ON_CORRUPT:
+            raise ValueError(f"on_corrupt={on_corrupt!r}; choose one of {ON_CORRUPT}")
         self.layout = CelebALayout(Path(root))
         self.ids = list(ids)
         self.image_size = int(image_size)
-        self._warned_upscale = False
+        self.on_corrupt = on_corrupt
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, index: int) -> dict:
         item_id = self.ids[index]
-        image, upscaled = load_image(self.layout.image_path(item_id), self.image_size)
-        if upscaled and not self._warned_upscale:
-            self._warned_upscale = True
-            warnings.warn(f"{self.layout.image_path(item_id)} is smaller than image_size={self.image_size} "
-                          "and was upscaled (this warning is shown once per run).", stacklevel=2)
-        return {"image": to_tensor(image), "id": item_id}
+        path = self.layout.image_path(item_id)
+        try:
+            image, upscaled = load_image(path, self.image_size)
+        except DatasetLayoutError as err:
+            if self.on_corrupt == "error":
+                raise
+            size = self.image_size
+            return {"image": torch.zeros(3, size, size), "id": item_id, "upscaled": False, "error": str(err)}
+        if upscaled and get_worker_info() is None:
+            warn_upscaled_once(path, self.image_size)
+        return {"image": to_tensor(image), "id": item_id, "upscaled": upscaled, "error": ""}

@@ -4,7 +4,9 @@ On disk: `<cache_root>/<split>-<fingerprint[:16]>/{latents.npy, manifest.json}`.
 covers the autoencoder (kind, scale, config, weights), the image size and the ordered id list, so
 a cache made by another VAE, scale, size or image list is never used: it simply is not found,
 and a new one is built. Building happens in a `.partial` sibling that records progress after
-every batch; a killed build resumes there and the final rename is atomic.
+every batch; a killed build resumes there and the final rename is atomic. Rows are written
+before the progress record that counts them, so a kill at any instant loses at most one batch of
+work and the resumed cache is byte-identical to an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -12,14 +14,17 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from text_ldm.data.image_dataset import ImageDataset
+from text_ldm.data.celeba_layout import DatasetLayoutError
+from text_ldm.data.image_dataset import ImageDataset, warn_upscaled_once
 from text_ldm.models.autoencoder import FrozenAutoencoder
 from text_ldm.utils.atomic import atomic_write_text
 
@@ -69,52 +74,106 @@ def _atomic_write_json(path: Path, obj: dict) -> None:
 
 def build_latent_cache(dataset: ImageDataset, autoencoder: FrozenAutoencoder, cache_root: str | Path,
                        split: str, batch_size: int = 64, device: str | torch.device = "cpu",
-                       progress: bool = True) -> LatentCache:
-    """Return the cache for `dataset` under `cache_root`, encoding only what is not there yet."""
+                       progress: bool = True, num_workers: int = 0) -> LatentCache:
+    """Return the cache for `dataset` under `cache_root`, encoding only what is not there yet.
+
+    Images are decoded by `num_workers` DataLoader workers (decoding 1024 px JPEGs costs more than
+    encoding them on a GPU) and encoded `batch_size` at a time on `device`. With
+    `dataset.on_corrupt == "skip"`, corrupt images are left out of the cache (the manifest lists
+    them) and one warning gives their count; otherwise the first one raises, naming the file, and
+    the rows encoded so far are kept for the rerun.
+    """
     ae_fp = autoencoder.fingerprint()
     fingerprint = cache_fingerprint(ae_fp, dataset.image_size, dataset.ids)
     final = Path(cache_root) / f"{split}-{fingerprint[:16]}"
     if final.exists():
         try:
-            return LatentCache.open(final)
+            cache = LatentCache.open(final)
         except StaleCacheError as err:
             print(f"[latent cache] {err}; rebuilding")
             shutil.rmtree(final)
+        else:
+            _check_skipped_allowed(cache, dataset)
+            return cache
     partial = final.with_name(final.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     n = len(dataset)
     autoencoder = autoencoder.to(device)
     c, f = autoencoder.latent_channels, autoencoder.downsample_factor
     shape = (n, c, dataset.image_size // f, dataset.image_size // f)
-    done = _resume_point(partial, fingerprint, shape)
+    done, skipped = _resume_point(partial, fingerprint, shape)
     mode = "r+" if done > 0 else "w+"
     latents = np.lib.format.open_memmap(partial / LATENTS, mode=mode, dtype=np.float32, shape=shape)
+    loader = DataLoader(Subset(dataset, range(done, n)), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, pin_memory=torch.device(device).type == "cuda")
+    start = done
     with tqdm(total=n, initial=done, desc=f"caching {split} latents", unit="img", disable=not progress) as bar:
-        for start in range(done, n, batch_size):
-            stop = min(start + batch_size, n)
-            images = torch.stack([dataset[i]["image"] for i in range(start, stop)]).to(device)
+        for batch in loader:
+            stop = start + len(batch["id"])
+            for offset, (item_id, error) in enumerate(zip(batch["id"], batch["error"])):
+                if error:
+                    if dataset.on_corrupt == "error":
+                        raise DatasetLayoutError(f"{error}; replace the file, or set data.on_missing=skip to "
+                                                 "leave such images out")
+                    skipped[str(start + offset)] = error
+            upscaled = [i for i, u in zip(batch["id"], batch["upscaled"].tolist()) if u]
+            if upscaled:
+                warn_upscaled_once(dataset.layout.image_path(upscaled[0]), dataset.image_size)
+            images = batch["image"].to(device, non_blocking=True)
             latents[start:stop] = autoencoder.encode(images).float().cpu().numpy()
             latents.flush()
-            _atomic_write_json(partial / PROGRESS, {"fingerprint": fingerprint, "done": stop})
+            _atomic_write_json(partial / PROGRESS, {"fingerprint": fingerprint, "done": stop, "skipped": skipped})
             bar.update(stop - start)
+            start = stop
     del latents
+    kept = [i for i in range(n) if str(i) not in skipped]
+    if skipped:
+        _compact(partial / LATENTS, kept)
+        reasons = [skipped[k] for k in sorted(skipped, key=int)]
+        shown = "\n  ".join(reasons[:5]) + (f"\n  ... and {len(reasons) - 5} more" if len(reasons) > 5 else "")
+        warnings.warn(f"skipped {len(skipped)} corrupt image(s) in split {split!r} ({len(kept)} kept; "
+                      f"data.on_missing=skip):\n  {shown}", stacklevel=2)
     scale = autoencoder.scaling_factor
     _atomic_write_json(partial / MANIFEST, {
         "format_version": FORMAT_VERSION, "fingerprint": fingerprint, "autoencoder_fingerprint": ae_fp,
-        "autoencoder": autoencoder.source, "scaling_factor": scale, "image_size": dataset.image_size,
-        "split": split, "ids": dataset.ids, "latent_shape": list(shape[1:]), "dtype": "float32"})
+        "autoencoder": autoencoder.source, "scaling_factor": scale, "encode_dtype": autoencoder.encode_dtype,
+        "image_size": dataset.image_size, "split": split, "ids": [dataset.ids[i] for i in kept],
+        "skipped": [{"id": dataset.ids[int(k)], "reason": skipped[k]} for k in sorted(skipped, key=int)],
+        "latent_shape": list(shape[1:]), "dtype": "float32"})
     (partial / PROGRESS).unlink()
     os.replace(partial, final)
     return LatentCache.open(final)
 
 
-def _resume_point(partial: Path, fingerprint: str, shape: tuple[int, ...]) -> int:
-    """Rows already encoded by an earlier, interrupted build of the same cache (0 if none)."""
+def _compact(path: Path, kept: list[int], chunk: int = 1024) -> None:
+    """Rewrite the (N, ...) array at `path` with only the rows `kept` (the rare corrupt-image case)."""
+    source = np.load(path, mmap_mode="r")
+    tmp = path.with_name("compact-" + path.name)
+    target = np.lib.format.open_memmap(tmp, mode="w+", dtype=source.dtype, shape=(len(kept), *source.shape[1:]))
+    for i in range(0, len(kept), chunk):
+        target[i:i + chunk] = source[kept[i:i + chunk]]
+    target.flush()
+    del source, target
+    os.replace(tmp, path)
+
+
+def _check_skipped_allowed(cache: LatentCache, dataset: ImageDataset) -> None:
+    skipped = cache.manifest.get("skipped") or []
+    if skipped and dataset.on_corrupt == "error":
+        raise DatasetLayoutError(
+            f"latent cache {cache.path} was built with data.on_missing=skip and leaves out {len(skipped)} corrupt "
+            f"image(s) (first: {skipped[0]['reason']}); set data.on_missing=skip, or fix the images and delete "
+            f"{cache.path} to rebuild it")
+
+
+def _resume_point(partial: Path, fingerprint: str, shape: tuple[int, ...]) -> tuple[int, dict[str, str]]:
+    """Rows already encoded by an earlier, interrupted build of the same cache, and the corrupt rows
+    among them ((0, {}) if none)."""
     try:
         progress = json.loads((partial / PROGRESS).read_text())
         existing = np.load(partial / LATENTS, mmap_mode="r")
     except (OSError, ValueError):
-        return 0
+        return 0, {}
     if progress.get("fingerprint") != fingerprint or existing.shape != shape:
-        return 0
-    return int(progress.get("done", 0))
+        return 0, {}
+    return int(progress.get("done", 0)), dict(progress.get("skipped", {}))
