@@ -28,6 +28,13 @@ def describe_batch(cfg: DictConfig, trainer: L.Trainer) -> str:
             f"= {effective} effective; lr {lr} as configured (no automatic LR scaling)")
 
 
+def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
+    """Trainable and frozen parameter counts, logged with the hyper-parameters."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"params/trainable": trainable, "params/frozen": total - trainable}
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit cfg.model on cfg.data. Returns the final callback metrics as floats."""
     if cfg.get("num_threads"):
@@ -39,10 +46,29 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=instantiate_callbacks(cfg.get("callbacks")),
                                      logger=instantiate_loggers(cfg.get("logger")) or False,
                                      plugins=[AtomicCheckpointIO()])
+    # Before fit: callbacks (EMA) copy the module in their setup, and must copy the cast one.
+    if hasattr(model, "cast_frozen"):
+        model.cast_frozen(trainer.precision)
     rank_zero_info(describe_batch(cfg, trainer))
-    for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    counts = parameter_counts(model)
+    rank_zero_info(f"parameters: {counts['params/trainable']:,} trainable, {counts['params/frozen']:,} frozen")
+    try:
+        for logger in trainer.loggers:
+            logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), **counts})
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    finally:
+        _finish_loggers(trainer)
     best = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
     rank_zero_info(f"checkpoints: {os.path.dirname(best) or trainer.default_root_dir}")
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+def _finish_loggers(trainer: L.Trainer) -> None:
+    """One W&B run per job: a Hydra multirun calls train() again in the same process, and an
+    unfinished run would swallow the next job's metrics."""
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish()

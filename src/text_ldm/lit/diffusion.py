@@ -1,8 +1,10 @@
 """Stage 2: the text-conditioned latent diffusion LightningModule."""
 from __future__ import annotations
 
+import random
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
@@ -15,22 +17,33 @@ from text_ldm.utils.config import plain
 from text_ldm.utils.optim import configure_from_partials
 
 FROZEN_PREFIXES = ("text_encoder.", "autoencoder.")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+# Lightning precision flag -> the dtype the frozen text encoder and autoencoder run in.
+FROZEN_DTYPES = {"bf16-mixed": torch.bfloat16, "bf16": torch.bfloat16, "bf16-true": torch.bfloat16,
+                 "16-mixed": torch.float16, "16": torch.float16, "16-true": torch.float16}
 
 
 class LatentDiffusion(L.LightningModule):
-    """UNet2DConditionModel trained to predict the noise added to cached latents, conditioned on a
-    frozen text encoder through cross-attention.
+    """UNet2DConditionModel trained to predict the noise (or v) added to cached latents,
+    conditioned on a frozen text encoder through cross-attention.
 
     Every argument is a plain config dict, saved as hyper-parameters, so a checkpoint alone
     rebuilds the model (`load_from_checkpoint`). The frozen text encoder and autoencoder are
     loaded from their own `pretrained` sources and left out of checkpoints.
+
+    Optimisation options, each off by default: `noise_offset` (extra per-channel noise, Guttenberg
+    2023), `snr_gamma` (min-SNR-gamma weighting), `gradient_checkpointing`, `channels_last`,
+    `compile` (true, or a dict of torch.compile kwargs). The prediction target follows
+    `noise_scheduler.prediction_type` (epsilon | v_prediction), which samplers inherit.
 
     batch: {"latent": (B, C, h, w) scaled latents, "caption": B strings}.
     """
 
     def __init__(self, unet: dict, text_encoder: dict, autoencoder: dict, noise_scheduler: dict,
                  image_size: int, optimizer: dict | None = None, lr_scheduler: dict | None = None,
-                 caption_dropout: float = 0.1, snr_gamma: float | None = None, preview: dict | None = None):
+                 caption_dropout: float = 0.1, snr_gamma: float | None = None, preview: dict | None = None,
+                 noise_offset: float = 0.0, gradient_checkpointing: bool = False, channels_last: bool = False,
+                 compile: bool | dict = False):
         super().__init__()
         self.save_hyperparameters({k: plain(v) for k, v in locals().items() if k not in ("self", "__class__")})
         self.text_encoder = instantiate(plain(text_encoder))
@@ -41,36 +54,80 @@ class LatentDiffusion(L.LightningModule):
         self.latent_shape = (self.autoencoder.latent_channels, image_size // factor, image_size // factor)
         self.unet = build_unet(plain(unet), self.latent_shape[0], self.latent_shape[1], self.text_encoder.embed_dim)
         self.noise_scheduler = DDPMScheduler(**plain(noise_scheduler))
+        if self.noise_scheduler.config.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"model.noise_scheduler.prediction_type={self.noise_scheduler.config.prediction_type!r}; "
+                             f"choose one of {PREDICTION_TYPES}")
         self.caption_dropout = float(caption_dropout)
         self.snr_gamma = snr_gamma
+        self.noise_offset = float(noise_offset)
+        self.channels_last = bool(channels_last)
         self.preview = {"sampler": "ddim", "steps": 50, "guidance_scale": 3.0, "seed": 0, **(plain(preview) or {})}
+        self._rng_to_restore: dict | None = None
+        if gradient_checkpointing:  # recompute activations in backward: less memory, ~30% more compute
+            self.unet.enable_gradient_checkpointing()
+        if self.channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        if compile:  # in place, so state_dict keys keep their names (no `_orig_mod.`)
+            self.unet.compile(**(plain(compile) if isinstance(compile, dict) or hasattr(compile, "keys") else {}))
 
     def forward(self, noisy_latents, timesteps, context):
-        """(B, C, h, w), (B,), (B, L, D) -> predicted noise (B, C, h, w)."""
+        """(B, C, h, w), (B,), (B, L, D) -> the prediction (noise or v) (B, C, h, w)."""
+        if self.channels_last:
+            noisy_latents = noisy_latents.contiguous(memory_format=torch.channels_last)
         return self.unet(noisy_latents, timesteps, encoder_hidden_states=context).sample
+
+    def cast_frozen(self, precision: str | None) -> None:
+        """Run the frozen text encoder and autoencoder in the low precision of a Lightning
+        `precision` flag (bf16-mixed -> bfloat16, 16-mixed -> float16); the trainable UNet keeps
+        fp32 master weights. Called by `train()` before the trainer builds EMA copies."""
+        dtype = FROZEN_DTYPES.get(str(precision))
+        if dtype is not None:
+            self.text_encoder.to(dtype)
+            self.autoencoder.to(dtype)
 
     def _drop_captions(self, captions: list[str]) -> list[str]:
         """Classifier-free guidance: replace a `caption_dropout` fraction by the empty prompt."""
         keep = torch.rand(len(captions)) >= self.caption_dropout
         return [c if k else "" for c, k in zip(captions, keep.tolist())]
 
+    def _sample_noise(self, latents: torch.Tensor, generator=None) -> torch.Tensor:
+        """(B, C, h, w) standard normal noise, plus `noise_offset` x a per-(sample, channel)
+        constant, which lets the model learn to shift an image's mean brightness."""
+        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        if self.noise_offset:
+            offset = torch.randn((*latents.shape[:2], 1, 1), generator=generator, device=latents.device,
+                                 dtype=latents.dtype)
+            noise = noise + self.noise_offset * offset
+        return noise
+
+    def _target(self, latents, noise, timesteps) -> torch.Tensor:
+        """What the UNet learns to predict: the noise, or v = sqrt(a) noise - sqrt(1 - a) x0."""
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            return self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        return noise
+
     def _diffusion_loss(self, latents, captions, generator=None) -> torch.Tensor:
         context = self.text_encoder(captions).to(latents.dtype)
-        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        noise = self._sample_noise(latents, generator)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
                                   generator=generator, device=latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        per_sample = F.mse_loss(self(noisy, timesteps, context).float(), noise.float(), reduction="none")
+        target = self._target(latents, noise, timesteps)
+        per_sample = F.mse_loss(self(noisy, timesteps, context).float(), target.float(), reduction="none")
         return (per_sample.mean(dim=(1, 2, 3)) * self._loss_weights(timesteps)).mean()
 
     def _loss_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
-        """Min-SNR-gamma weighting (Hang et al. 2023) for epsilon prediction: min(SNR, gamma) / SNR.
-        It stops the many easy low-noise steps from dominating; 1 everywhere when snr_gamma is None."""
+        """Min-SNR-gamma weighting (Hang et al. 2023): min(SNR, gamma) / SNR for epsilon,
+        min(SNR, gamma) / (SNR + 1) for v. It stops the many easy low-noise steps from dominating;
+        1 everywhere when snr_gamma is None. timesteps: (B,) -> (B,)."""
         if self.snr_gamma is None:
             return torch.ones(timesteps.shape, device=timesteps.device)
         alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
         snr = alphas_cumprod / (1 - alphas_cumprod)
-        return torch.clamp(snr, max=self.snr_gamma) / snr
+        clipped = torch.clamp(snr, max=self.snr_gamma)
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            return clipped / (snr + 1)
+        return clipped / snr
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self._diffusion_loss(batch["latent"], self._drop_captions(batch["caption"]))
@@ -88,8 +145,16 @@ class LatentDiffusion(L.LightningModule):
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(self.current_epoch)
 
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Exact resume: the RNG states saved with the checkpoint are put back just before the first
+        # step, after the sanity check and loader setup (which draw from the global RNG) have run.
+        if self._rng_to_restore is not None:
+            _set_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
+
     def configure_optimizers(self):
-        return configure_from_partials(self.unet.parameters(), self.hparams.optimizer, self.hparams.lr_scheduler)
+        return configure_from_partials(self.unet.parameters(), self.hparams.optimizer, self.hparams.lr_scheduler,
+                                       total_steps=lambda: int(self.trainer.estimated_stepping_batches))
 
     @torch.no_grad()
     def log_images(self, prompts: list[str]) -> dict[str, torch.Tensor]:
@@ -109,13 +174,36 @@ class LatentDiffusion(L.LightningModule):
         for state in _weight_states(checkpoint):
             for key in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
                 del state[key]
+        checkpoint["rng_states"] = _rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         for state in _weight_states(checkpoint):
             for key, value in self.state_dict().items():
                 if key.startswith(FROZEN_PREFIXES):
                     state.setdefault(key, value)
+        self._rng_to_restore = checkpoint.get("rng_states")
 
 
 def _weight_states(checkpoint: dict) -> list[dict]:
     return [checkpoint[k] for k in ("state_dict", "current_model_state") if k in checkpoint]
+
+
+def _rng_states() -> dict:
+    """torch (CPU, CUDA), numpy and python RNG states as tensors / plain types, so the checkpoint
+    still loads with torch.load(weights_only=True)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos,
+                                                         has_gauss, gauss], "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

@@ -1,0 +1,59 @@
+"""A training DataLoader that Lightning can resume mid-epoch, in the same order.
+
+Lightning 2.x saves `state_dict()` of every train loader that has one into the checkpoint
+(`loops.fit_loop.state_dict.combined_loader`) and calls `load_state_dict()` when it restarts mid-epoch.
+The shuffle order comes from (seed, epoch) alone, so skipping the batches already served gives
+exactly the batches an uninterrupted run would have seen next.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler (one shard per rank, or the whole set on one process) whose next epoch can
+    start after its first `skip` indices. Being a DistributedSampler, Lightning neither replaces it
+    nor wraps it under DDP, and calls its `set_epoch` every epoch."""
+
+    def __init__(self, dataset: Dataset, shuffle: bool = True, seed: int = 0):
+        distributed = dist.is_available() and dist.is_initialized()
+        replicas, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
+        super().__init__(dataset, num_replicas=replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
+        self.skip_epoch, self.skip = -1, 0
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        if self.epoch == self.skip_epoch:  # only the epoch that was interrupted
+            indices, self.skip_epoch = indices[self.skip:], -1
+        return iter(indices)
+
+
+class ResumableDataLoader(DataLoader):
+    """DataLoader over a ResumableSampler that counts the batches it has served this epoch.
+
+    state_dict() -> {"epoch", "batches"}; load_state_dict() makes the next iteration of that epoch
+    skip those batches. Lightning's fetcher does not prefetch from loaders with a length, so the
+    count equals the batches the trainer has consumed.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, shuffle: bool = True, **kwargs: Any):
+        super().__init__(dataset, batch_size=batch_size, sampler=ResumableSampler(dataset, shuffle, seed),
+                         drop_last=True, **kwargs)
+        self._served = 0
+
+    def __iter__(self):
+        sampler: ResumableSampler = self.sampler
+        self._served = sampler.skip // self.batch_size if sampler.epoch == sampler.skip_epoch else 0
+        for batch in super().__iter__():
+            self._served += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(self.sampler.epoch), "batches": int(self._served)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.skip_epoch = int(state["epoch"])
+        self.sampler.skip = int(state["batches"]) * self.batch_size
