@@ -5,10 +5,13 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from text_ldm.utils.cli import report_errors
+
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+@report_errors
 def main(cfg: DictConfig) -> None:
     from text_ldm.evaluation.app import evaluate
 

@@ -1,6 +1,7 @@
 """Writes that a kill cannot leave half-done: write a temporary sibling, then rename over the target."""
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +18,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise OSError(err.errno, f"no space left on the device while writing {path}; nothing was replaced "
+                                 f"(an earlier {path.name}, if any, is intact). Free space or write elsewhere.") from err
     finally:
         tmp.unlink(missing_ok=True)
 
