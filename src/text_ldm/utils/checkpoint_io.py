@@ -21,6 +21,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             handle.flush()
             os.fsync(handle.fileno())
 
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+        # Resuming (`ckpt_path=`) never unpickles arbitrary objects: tensors, containers and
+        # primitives only, whatever torch's default or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says.
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """torch.load with weights_only=True; a clear error when `path` is missing or not a checkpoint."""
