@@ -143,12 +143,47 @@ def test_evaluate_end_to_end(train_cfg, tmp_path, toy_root, capsys):
                 "feature_extractor", "attribute_accuracy", "image_metrics", "clip_score", "prompts"):
         assert key in saved, key
     assert saved["n_prompts"] == 2 and saved["steps"] == 2 and saved["sampler"] == "ddim"
-    assert set(saved["attribute_accuracy"]) == {"ceiling", "samples", "empty_prompt_floor", "majority_floor"}
+    assert set(saved["attribute_accuracy"]) == {"ceiling", "reconstructions", "samples", "empty_prompt_floor",
+                                                "majority_floor"}
+    gap = saved["reconstruction_gap"]["mean"]
+    acc = saved["attribute_accuracy"]
+    assert gap == pytest.approx(acc["ceiling"]["mean"] - acc["reconstructions"]["mean"])
     assert all("mean" in col for col in saved["attribute_accuracy"].values())
     assert saved["feature_extractor"] == "attr-clf" and saved["clip_score"] is None
     assert len(list((out / "samples").glob("*.png"))) == 2 and len(list((out / "empty_prompt").glob("*.png"))) == 2
     printed = capsys.readouterr().out
     assert "majority floor" in printed and "CLIP score skipped" in printed and "FID" not in printed
+    assert "AE reconstructions" in printed and "reconstruction gap" in printed
+
+
+class _Blanking(torch.nn.Module):
+    """An 'autoencoder' whose decoder forgets the image: every reconstruction is mid-grey."""
+
+    def encode(self, x):
+        return x
+
+    def decode(self, z):
+        return torch.zeros_like(z)
+
+
+def test_reconstruction_gap_is_zero_for_identity_and_large_for_a_blanking_decoder(toy_root, tmp_path):
+    from text_ldm.evaluation.reconstruction import reconstruct, reconstruction_fidelity
+    from text_ldm.models.autoencoder import FrozenAutoencoder
+
+    layout, names, rows = _dataset(toy_root)
+    train_ids, test_ids = layout.split_ids("train"), layout.split_ids("test")
+    clf, _ = ac.get_classifier(toy_root, names, rows, train_ids, IMAGE_SIZE, TINY_CLF, cache_dir=tmp_path,
+                               progress=False)
+    real = ac.load_images(toy_root, test_ids, IMAGE_SIZE)
+    targets = [rows[i] for i in test_ids]
+    identity = FrozenAutoencoder.from_pretrained(kind="identity")
+    assert torch.equal(reconstruct(identity, real), real)
+    same = reconstruction_fidelity(clf, ac.predict, identity, real, targets, names)
+    assert same["gap"]["mean"] == 0 and same["original"] == same["reconstructed"]
+    blank = reconstruction_fidelity(clf, ac.predict, _Blanking(), real, targets, names)
+    grey = ac.predict(clf, torch.full_like(real, 128))
+    assert blank["reconstructed"] == accuracy_vs_targets(grey, targets, names)
+    assert blank["gap"]["mean"] == pytest.approx(blank["original"]["mean"] - blank["reconstructed"]["mean"])
 
 
 def test_fidelity_monitor_logs_metrics_and_plots_during_training(tmp_path, toy_root, tiny_vq_dir):

@@ -19,10 +19,11 @@ from text_ldm.evaluation.attribute_classifier import (FEATURE_NAME, ClassifierCo
 from text_ldm.evaluation.fidelity import accuracy_vs_targets, format_table, majority_floor, majority_values
 from text_ldm.evaluation.image_metrics import clip_score, fid_kid
 from text_ldm.evaluation.prompts import build_prompts
+from text_ldm.evaluation.reconstruction import reconstruction_fidelity
 from text_ldm.utils.atomic import atomic_save_png, atomic_write_text
 from text_ldm.utils.grid import to_pil
 
-COLUMNS = {"ceiling": "ceiling (real test)", "samples": "samples", "empty_prompt_floor": "empty-prompt floor",
+COLUMNS = {"ceiling": "ceiling (real test)", "reconstructions": "AE reconstructions", "samples": "samples", "empty_prompt_floor": "empty-prompt floor",
            "majority_floor": "majority floor"}
 
 
@@ -88,6 +89,9 @@ def evaluate(cfg: DictConfig) -> dict:
     from text_ldm.sampling.checkpoint import load_diffusion
 
     model = load_diffusion(cfg.ckpt, device, use_ema=bool(cfg.use_ema))
+    # The autoencoder bounds every sample: score its reconstructions of the same real test images.
+    recon = reconstruction_fidelity(classifier, predict, model.autoencoder, real, [rows[i] for i in test_ids], names,
+                                    image_size=int(model.hparams.image_size))
     texts = [p.text for p in prompts for _ in range(k)]
     targets = [p.targets for p in prompts for _ in range(k)]
     seeds = [seed + j for j in range(len(texts))]
@@ -100,7 +104,7 @@ def evaluate(cfg: DictConfig) -> dict:
     _save_pngs(empty, out_dir / "empty_prompt", files)
     fake = to_uint8(samples, size)
 
-    scores = {"ceiling": ceiling,
+    scores = {"ceiling": ceiling, "reconstructions": recon["reconstructed"],
               "samples": accuracy_vs_targets(predict(classifier, fake), targets, names),
               "empty_prompt_floor": accuracy_vs_targets(predict(classifier, to_uint8(empty, size)), targets, names),
               "majority_floor": majority_floor(targets, majority_values(names, rows, train_ids), names)}
@@ -111,6 +115,7 @@ def evaluate(cfg: DictConfig) -> dict:
     table = format_table(names, {COLUMNS[key]: col for key, col in scores.items()})
     print(f"\nattribute accuracy (%), {len(prompts)} prompts x {k} images, {cfg.sampler.name} {steps} steps, "
           f"guidance {scale}, seed {seed}; '—' = no prompt states it\n{table}\n")
+    print(f"autoencoder reconstruction gap (ceiling - reconstructions, mean accuracy): {recon['gap']['mean']:+.4f}")
     print(dist["line"])
     print(f"CLIP score ({cfg.clip_model}): {clip_value:.3f}" if clip_value is not None else clip_reason)
 
@@ -118,7 +123,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "ckpt": str(cfg.ckpt), "data_root": str(layout.root), "image_size": size,
         "n_prompts": len(prompts), "num_images_per_prompt": k, "sampler": str(cfg.sampler.name), "steps": steps,
         "guidance_scale": scale, "seed": seed, "use_ema": bool(cfg.use_ema), "attributes": list(names),
-        "attribute_accuracy": scores,
+        "attribute_accuracy": scores, "reconstruction_gap": recon["gap"],
         "classifier": {"path": str(clf_path), "config": dataclasses.asdict(clf_config), "num_train": len(train_ids),
                        "num_test": len(test_ids)},
         "image_metrics": {key: dist[key] for key in ("feature_extractor", "fd_label", "kd_label", "fd", "kd_mean",
