@@ -43,7 +43,9 @@ class ImageDataset(Dataset):
 
     A corrupt or truncated image raises DatasetLayoutError naming the file, unless
     `on_corrupt="skip"`: then the item is a zero image whose "error" holds that message, and the
-    consumer (the latent cache builder) leaves the row out and reports the count. DataLoader
+    consumer (the latent cache builder) leaves the row out and reports the count. The builder reads
+    items through `load`, which never raises, and raises itself in the main process, so a
+    DataLoader worker never wraps the message in its own traceback. DataLoader
     workers do not warn about upscaling themselves (each would warn once); the consumer sees
     "upscaled" in the batch and calls `warn_upscaled_once` in the main process.
     """
@@ -59,16 +61,25 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index: int) -> dict:
+    def load(self, index: int) -> dict:
+        """Item `index`; a corrupt image gives a zero image with "error" set, whatever `on_corrupt` says."""
         item_id = self.ids[index]
         path = self.layout.image_path(item_id)
         try:
             image, upscaled = load_image(path, self.image_size)
         except DatasetLayoutError as err:
-            if self.on_corrupt == "error":
-                raise
             size = self.image_size
             return {"image": torch.zeros(3, size, size), "id": item_id, "upscaled": False, "error": str(err)}
         if upscaled and get_worker_info() is None:
             warn_upscaled_once(path, self.image_size)
         return {"image": to_tensor(image), "id": item_id, "upscaled": upscaled, "error": ""}
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.load(index)
+        if item["error"] and self.on_corrupt == "error":
+            raise DatasetLayoutError(corrupt_hint(item["error"]))
+        return item
+
+
+def corrupt_hint(error: str) -> str:
+    return f"{error}; replace the file, or set data.on_missing=skip to leave such images out"

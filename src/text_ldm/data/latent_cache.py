@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from text_ldm.data.celeba_layout import DatasetLayoutError
-from text_ldm.data.image_dataset import ImageDataset, warn_upscaled_once
+from text_ldm.data.image_dataset import ImageDataset, corrupt_hint, warn_upscaled_once
 from text_ldm.models.autoencoder import FrozenAutoencoder
 from text_ldm.utils.atomic import atomic_write_text
 
@@ -60,6 +60,19 @@ class LatentCache:
             raise StaleCacheError(f"latent cache {path} holds {latents.shape} {latents.dtype}, manifest says "
                                   f"{expected} {manifest['dtype']}")
         return cls(path, list(manifest["ids"]), latents, manifest)
+
+
+class _Reporting(Dataset):
+    """`dataset` whose corrupt images come back as items with "error" set instead of raising."""
+
+    def __init__(self, dataset: ImageDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.dataset.load(index)
 
 
 def cache_fingerprint(autoencoder_fingerprint: str, image_size: int, ids: list[str]) -> str:
@@ -104,7 +117,7 @@ def build_latent_cache(dataset: ImageDataset, autoencoder: FrozenAutoencoder, ca
     done, skipped = _resume_point(partial, fingerprint, shape)
     mode = "r+" if done > 0 else "w+"
     latents = np.lib.format.open_memmap(partial / LATENTS, mode=mode, dtype=np.float32, shape=shape)
-    loader = DataLoader(Subset(dataset, range(done, n)), batch_size=batch_size, shuffle=False,
+    loader = DataLoader(Subset(_Reporting(dataset), range(done, n)), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, pin_memory=torch.device(device).type == "cuda")
     start = done
     with tqdm(total=n, initial=done, desc=f"caching {split} latents", unit="img", disable=not progress) as bar:
@@ -113,8 +126,7 @@ def build_latent_cache(dataset: ImageDataset, autoencoder: FrozenAutoencoder, ca
             for offset, (item_id, error) in enumerate(zip(batch["id"], batch["error"])):
                 if error:
                     if dataset.on_corrupt == "error":
-                        raise DatasetLayoutError(f"{error}; replace the file, or set data.on_missing=skip to "
-                                                 "leave such images out")
+                        raise DatasetLayoutError(corrupt_hint(error))
                     skipped[str(start + offset)] = error
             upscaled = [i for i, u in zip(batch["id"], batch["upscaled"].tolist()) if u]
             if upscaled:

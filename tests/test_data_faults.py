@@ -1,0 +1,163 @@
+"""Issue #8's bad-input rows for data, through the real CelebADataModule on a fake CelebA-HQ folder
+written here: every case ends in one message that names the file, or is handled (skip, convert,
+upscale) with a count or a single warning."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fake_celebahq import write_fake_celebahq
+from text_ldm.data.celeba_layout import IMAGE_DIR, DatasetLayoutError
+from text_ldm.data.datamodule import CelebADataModule
+from text_ldm.data.image_dataset import reset_upscale_warning, to_tensor
+from text_ldm.data.latent_cache import LatentCache
+from text_ldm.models.autoencoder import FrozenAutoencoder
+
+SIZE = 32
+
+
+def _dm(root, cache, vq_dir, **kwargs) -> CelebADataModule:
+    autoencoder = {"_target_": "text_ldm.models.autoencoder.FrozenAutoencoder.from_pretrained",
+                   "pretrained": str(vq_dir), "kind": "vq"}
+    return CelebADataModule(root=str(root), image_size=SIZE, batch_size=2, cache_dir=str(cache),
+                            autoencoder=autoencoder, cache_batch_size=3, **kwargs)
+
+
+def _caches(cache_dir, split="train") -> list[LatentCache]:
+    return [LatentCache.open(p) for p in sorted(cache_dir.glob(f"{split}-*")) if not p.name.endswith(".partial")]
+
+
+@pytest.fixture
+def root(tmp_path):
+    return write_fake_celebahq(tmp_path / "CelebAMask-HQ")
+
+
+def _record(fn):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fn()
+    return [str(w.message) for w in caught]
+
+
+def test_missing_data_dir_names_the_expected_layout(tmp_path, tiny_vq_dir):
+    absent = tmp_path / "no-such-dir"
+    with pytest.raises(DatasetLayoutError) as err:
+        _dm(absent, tmp_path / "cache", tiny_vq_dir).prepare_data()
+    msg = str(err.value)
+    assert f"dataset root not found: {absent}" in msg
+    assert "Expected dataset layout" in msg and "CelebA-HQ-img/<id>.jpg" in msg and "celeba-caption/<id>.txt" in msg
+
+
+def test_wrong_layout_lists_what_is_missing(root, tmp_path, tiny_vq_dir):
+    # A common slip: pointing data_dir at the image folder itself.
+    with pytest.raises(DatasetLayoutError) as err:
+        _dm(root / IMAGE_DIR, tmp_path / "cache", tiny_vq_dir).prepare_data()
+    msg = str(err.value)
+    assert "does not look like a dataset root" in msg and "Expected dataset layout" in msg
+    assert f"missing: {root / IMAGE_DIR / IMAGE_DIR}" in msg and "train.txt (or train.pickle)" in msg
+
+
+def _break_captions_and_images(root) -> list[str]:
+    (root / "celeba-caption" / "1.txt").unlink()
+    (root / "celeba-caption" / "2.txt").write_text("\n   \n", encoding="utf-8")
+    (root / IMAGE_DIR / "3.jpg").unlink()
+    return [str(root / "celeba-caption" / "1.txt"), str(root / "celeba-caption" / "2.txt"), str(root / IMAGE_DIR / "3")]
+
+
+def test_missing_or_empty_caption_and_missing_image_one_error_with_count(root, tmp_path, tiny_vq_dir):
+    named = _break_captions_and_images(root)
+    with pytest.raises(DatasetLayoutError) as err:
+        _dm(root, tmp_path / "cache", tiny_vq_dir).prepare_data()
+    msg = str(err.value)
+    assert msg.startswith("3 problem(s) in split 'train'")
+    assert all(path in msg for path in named)
+    assert "caption file not found" in msg and "caption file is empty" in msg and "missing image" in msg
+    assert _caches(tmp_path / "cache") == []  # nothing half-built is left looking usable
+
+
+def test_skip_reports_the_count_and_keeps_the_rest(root, tmp_path, tiny_vq_dir):
+    _break_captions_and_images(root)
+    dm = _dm(root, tmp_path / "cache", tiny_vq_dir, on_missing="skip")
+    messages = [m for m in _record(dm.prepare_data) if "skipping" in m]
+    assert len(messages) == 1 and messages[0].startswith("skipping 3 problem(s) (3 ids kept)")
+    dm.setup("fit")
+    assert _caches(tmp_path / "cache")[0].ids == ["0", "4", "5"]
+    assert len(dm.datasets["train"]) == 3
+
+
+def test_caption_not_utf8_names_the_file(root, tmp_path, tiny_vq_dir):
+    bad = root / "celeba-caption" / "4.txt"
+    bad.write_bytes("une femme aux cheveux blonds, très souriante\n".encode("latin-1"))
+    with pytest.raises(DatasetLayoutError, match="not valid UTF-8") as err:
+        _dm(root, tmp_path / "cache", tiny_vq_dir).prepare_data()
+    assert str(bad) in str(err.value) and "1 problem(s)" in str(err.value)
+
+
+def _corrupt_two_images(root):
+    truncated, garbage = root / IMAGE_DIR / "2.jpg", root / IMAGE_DIR / "4.jpg"
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    garbage.write_bytes(b"this is not a jpeg")
+    return truncated, garbage
+
+
+def test_corrupt_image_error_names_the_file_and_the_way_out(root, tmp_path, tiny_vq_dir):
+    truncated, _ = _corrupt_two_images(root)
+    with pytest.raises(DatasetLayoutError) as err:
+        _dm(root, tmp_path / "cache", tiny_vq_dir).prepare_data()
+    msg = str(err.value)
+    assert msg.startswith(f"corrupt or unreadable image: {truncated}") and "data.on_missing=skip" in msg
+    assert _caches(tmp_path / "cache") == []
+
+
+def test_corrupt_images_skipped_with_a_count_and_rows_kept_in_order(root, tmp_path, tiny_vq_dir):
+    truncated, garbage = _corrupt_two_images(root)
+    dm = _dm(root, tmp_path / "cache", tiny_vq_dir, on_missing="skip")
+    messages = [m for m in _record(dm.prepare_data) if "corrupt" in m]
+    assert len(messages) == 1 and messages[0].startswith("skipped 2 corrupt image(s) in split 'train' (4 kept")
+    assert str(truncated) in messages[0] and str(garbage) in messages[0]
+    cache = _caches(tmp_path / "cache")[0]
+    assert cache.ids == ["0", "1", "3", "5"]
+    assert [s["id"] for s in cache.manifest["skipped"]] == ["2", "4"]
+    ae = FrozenAutoencoder.from_pretrained(str(tiny_vq_dir), kind="vq")
+    images = torch.stack([to_tensor(Image.open(root / IMAGE_DIR / f"{i}.jpg").convert("RGB").resize((SIZE, SIZE),
+                                                                                                   Image.LANCZOS))
+                          for i in cache.ids])
+    np.testing.assert_allclose(cache.latents, ae.encode(images).numpy(), atol=1e-5)  # compaction kept the mapping
+    # The same cache is refused when data.on_missing=error: it would silently lack images.
+    with pytest.raises(DatasetLayoutError, match="was built with data.on_missing=skip and leaves out 2"):
+        _dm(root, tmp_path / "cache", tiny_vq_dir).prepare_data()
+
+
+@pytest.mark.parametrize("mode, fmt, colour, expected", [
+    ("L", "PNG", 200, (200, 200, 200)),
+    ("RGBA", "PNG", (10, 200, 30, 255), (10, 200, 30)),
+    ("CMYK", "JPEG", (0, 0, 0, 0), (255, 255, 255)),
+    ("P", "PNG", None, (10, 200, 30)),
+])
+def test_any_mode_is_cached_as_its_rgb_version(root, tmp_path, tiny_vq_dir, mode, fmt, colour, expected):
+    (root / IMAGE_DIR / "0.jpg").unlink()
+    if mode == "P":
+        image = Image.new("P", (48, 48), 0)
+        image.putpalette([10, 200, 30] + [0, 0, 0] * 255)
+    else:
+        image = Image.new(mode, (48, 48), colour)
+    image.save(root / IMAGE_DIR / ("0.png" if fmt == "PNG" else "0.jpg"), format=fmt)
+    _dm(root, tmp_path / "cache", tiny_vq_dir).prepare_data()
+    cache = _caches(tmp_path / "cache")[0]
+    ae = FrozenAutoencoder.from_pretrained(str(tiny_vq_dir), kind="vq")
+    rgb = torch.tensor(expected, dtype=torch.float32).view(1, 3, 1, 1).expand(1, 3, SIZE, SIZE) / 127.5 - 1
+    np.testing.assert_allclose(cache.latents[0], ae.encode(rgb)[0].numpy(), atol=2e-3)
+
+
+def test_small_images_are_upscaled_with_one_warning_per_run(root, tmp_path, tiny_vq_dir):
+    for path in (root / IMAGE_DIR).glob("*.jpg"):  # every image of both splits is smaller than 32 px
+        Image.open(path).resize((20, 24)).save(path)
+    reset_upscale_warning()
+    dm = _dm(root, tmp_path / "cache", tiny_vq_dir)
+    messages = [m for m in _record(lambda: (dm.prepare_data(), dm.setup("fit"))) if "upscaled" in m]
+    assert len(messages) == 1 and "smaller than data.image_size=32" in messages[0]
+    assert _caches(tmp_path / "cache")[0].latents.shape == (6, 3, SIZE // 4, SIZE // 4)
