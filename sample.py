@@ -13,10 +13,9 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
 @report_errors
 def main(cfg: DictConfig) -> None:
-    from text_ldm.sampling.app import sample
+    from text_ldm.sampling.app import run
 
-    grid = sample(cfg)
-    print(f"grid: {grid}")
+    print(f"wrote: {run(cfg)}")
 
 
 if __name__ == "__main__":

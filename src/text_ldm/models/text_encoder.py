@@ -1,6 +1,7 @@
 """Frozen text encoder behind one small interface: prompts in, token embeddings out."""
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections import OrderedDict
 
@@ -58,12 +59,33 @@ class FrozenTextEncoder(nn.Module):
 
     @torch.no_grad()
     def _encode(self, prompts: list[str]) -> torch.Tensor:
+        batch = self._tokenize(prompts)
+        mask = batch["attention_mask"] if self.use_attention_mask else None
+        return self.model(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state
+
+    def _tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         device = next(self.model.parameters()).device
         batch = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True,
-                               return_overflowing_tokens=False, return_length=False, return_tensors="pt")
+                               return_tensors="pt")
         self._warn_if_truncated(prompts)
-        mask = batch["attention_mask"].to(device) if self.use_attention_mask else None
-        return self.model(input_ids=batch["input_ids"].to(device), attention_mask=mask).last_hidden_state
+        return {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+
+    @torch.no_grad()
+    def token_embeddings(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The transformer's INPUT: word embeddings (B, max_length, d_in) and attention mask (B, max_length),
+        before position embeddings and any attention (what prompt mixing blends)."""
+        batch = self._tokenize(list(prompts))
+        return self.model.get_input_embeddings()(batch["input_ids"]), batch["attention_mask"]
+
+    @torch.no_grad()
+    def encode_embeddings(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Run the transformer on given word embeddings (B, L, d_in) -> (B, L, embed_dim); with the
+        embeddings of `token_embeddings(prompts)` it equals `forward(prompts)`."""
+        if "inputs_embeds" not in inspect.signature(self.model.forward).parameters:
+            raise ValueError(f"{type(self.model).__name__} takes no inputs_embeds, so token-level prompt mixing "
+                             "is unavailable with this text encoder; use the whole-prompt blend 'A:0.5 | B:0.5'")
+        mask = attention_mask if self.use_attention_mask else None
+        return self.model(inputs_embeds=inputs_embeds, attention_mask=mask).last_hidden_state
 
     def _warn_if_truncated(self, prompts: list[str]) -> None:
         if self._warned_truncation:

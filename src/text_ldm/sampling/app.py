@@ -1,4 +1,5 @@
-"""`sample.py`'s body: prompts in, PNGs + samples.jsonl + a captioned grid out."""
+"""`sample.py`'s body: prompts in, PNGs + samples.jsonl + a captioned grid out; img2img, prompt
+mixing, trajectories, precision; `mode=forward_noise` and `export_dir=` are the other two jobs."""
 from __future__ import annotations
 
 import json
@@ -8,11 +9,17 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from text_ldm.sampling import precision as prec
 from text_ldm.sampling.checkpoint import load_diffusion
+from text_ldm.sampling.img2img import encode_image
+from text_ldm.sampling.mixing import encode_prompts
 from text_ldm.sampling.pipeline import generate
 from text_ldm.sampling.schedulers import make_sampler
+from text_ldm.sampling.trajectory import X0Recorder, forward_noise, write_strip_and_gif
 from text_ldm.utils.atomic import atomic_save_png, atomic_write_text
 from text_ldm.utils.grid import captioned_grid, to_pil
+
+MODES = ("sample", "forward_noise")
 
 
 def read_prompts(cfg: DictConfig) -> list[str]:
@@ -39,18 +46,62 @@ def validate(cfg: DictConfig, steps: int) -> None:
         problems.append(f"num_images_per_prompt={cfg.num_images_per_prompt} must be >= 1")
     if cfg.batch_size < 1:
         problems.append(f"batch_size={cfg.batch_size} must be >= 1")
+    if not 0 <= float(cfg.get("strength", 1.0)) <= 1:
+        problems.append(f"strength={cfg.strength} must be in [0, 1]")
+    if int(cfg.get("trajectory_every", 1)) < 1:
+        problems.append(f"trajectory_every={cfg.trajectory_every} must be >= 1")
+    if cfg.get("mode", "sample") not in MODES:
+        problems.append(f"mode={cfg.mode} must be one of {list(MODES)}")
+    if cfg.get("precision", "fp32") not in prec.DTYPES:
+        problems.append(f"precision={cfg.precision} must be one of {sorted(prec.DTYPES)}")
     if problems:
         raise ValueError("; ".join(problems))
 
 
+def _device(cfg: DictConfig) -> str:
+    return cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def run(cfg: DictConfig) -> Path:
+    """Dispatch on what was asked: export_dir= -> the exported folder; mode=forward_noise -> its
+    strip; otherwise sampling -> the grid."""
+    steps = int(cfg.steps if cfg.get("steps") is not None else cfg.sampler.steps)
+    if cfg.get("export_dir"):
+        from text_ldm.sampling.export import export_pipeline
+
+        model = load_diffusion(cfg.ckpt, "cpu", use_ema=bool(cfg.use_ema))
+        return export_pipeline(model, cfg.sampler.name, cfg.export_dir)
+    if cfg.get("mode", "sample") == "forward_noise":
+        return forward_noise_strip(cfg)
+    return sample(cfg)
+
+
+def forward_noise_strip(cfg: DictConfig) -> Path:
+    """`mode=forward_noise init_image=PATH`: the image encoded, noised to each of
+    `forward_noise_timesteps` with the training schedule, decoded: forward_noise.png (+ .gif)."""
+    if not cfg.get("init_image"):
+        raise ValueError("mode=forward_noise needs init_image=PATH")
+    model = load_diffusion(cfg.ckpt, _device(cfg), use_ema=bool(cfg.use_ema))
+    latents = encode_image(model.autoencoder, cfg.init_image, int(model.hparams.image_size))
+    frames = forward_noise(model.autoencoder, model.noise_scheduler, latents, list(cfg.forward_noise_timesteps),
+                           int(cfg.seed))
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return write_strip_and_gif(frames, out_dir, ["forward_noise"], [f"q(x_t | x_0) of {Path(cfg.init_image).name}"])[0]
+
+
 def sample(cfg: DictConfig) -> Path:
     """Write one PNG per image (`<prompt:04d>_<k:02d>.png`), samples.jsonl and grid.png to
-    cfg.out_dir; returns the grid's path."""
+    cfg.out_dir (plus `<name>_trajectory.png/.gif` with save_trajectory); returns the grid's path."""
     prompts = read_prompts(cfg)
     steps = int(cfg.steps if cfg.get("steps") is not None else cfg.sampler.steps)
     validate(cfg, steps)
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(cfg)
+    precision = str(cfg.get("precision", "fp32"))
+    init_image, strength = cfg.get("init_image"), float(cfg.get("strength", 1.0))
     model = load_diffusion(cfg.ckpt, device, use_ema=bool(cfg.use_ema))
+    prec.apply(model, precision)
+    init = encode_image(model.autoencoder, init_image, int(model.hparams.image_size)) if init_image else None
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     k = int(cfg.num_images_per_prompt)
@@ -60,17 +111,27 @@ def sample(cfg: DictConfig) -> Path:
     for start in tqdm(range(0, len(jobs), cfg.batch_size), desc="batches", unit="batch"):
         batch = jobs[start: start + cfg.batch_size]
         seeds = [int(cfg.seed) + p * k + i for p, i in batch]
+        texts = [prompts[p] for p, _ in batch]
+        names = [f"{p:04d}_{i:02d}" for p, i in batch]
         sampler = make_sampler(cfg.sampler.name, model.noise_scheduler.config)
-        out = generate(model.unet, sampler, model.text_encoder, model.autoencoder, [prompts[p] for p, _ in batch],
-                       seeds, model.latent_shape, steps=steps, guidance_scale=float(cfg.guidance_scale),
-                       negative_prompt=str(cfg.negative_prompt)).cpu()
-        for (p, i), seed, image in zip(batch, seeds, out):
-            name = f"{p:04d}_{i:02d}.png"
-            atomic_save_png(to_pil(image), out_dir / name)
+        recorder = X0Recorder(int(cfg.trajectory_every)) if cfg.get("save_trajectory") else None
+        with prec.explained(precision, device):
+            out = generate(model.unet, sampler, model.text_encoder, model.autoencoder, texts, seeds,
+                           model.latent_shape, steps=steps, guidance_scale=float(cfg.guidance_scale),
+                           negative_prompt=str(cfg.negative_prompt),
+                           prompt_embeds=encode_prompts(model.text_encoder, texts),
+                           init_latents=None if init is None else init.repeat(len(batch), 1, 1, 1),
+                           strength=strength, on_step=recorder).cpu()
+        if recorder is not None:
+            write_strip_and_gif(recorder.decoded(model.autoencoder), out_dir, [f"{n}_trajectory" for n in names],
+                                [f"predicted x0: {t}" for t in texts])
+        for (p, i), name, seed, image in zip(batch, names, seeds, out):
+            atomic_save_png(to_pil(image), out_dir / f"{name}.png")
             images.append(image)
-            records.append({"file": name, "prompt": prompts[p], "seed": seed, "sampler": cfg.sampler.name,
+            records.append({"file": f"{name}.png", "prompt": prompts[p], "seed": seed, "sampler": cfg.sampler.name,
                             "steps": steps, "guidance_scale": float(cfg.guidance_scale),
-                            "negative_prompt": str(cfg.negative_prompt)})
+                            "negative_prompt": str(cfg.negative_prompt), "precision": precision,
+                            **({"init_image": str(init_image), "strength": strength} if init_image else {})})
     atomic_write_text(out_dir / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     rows = [torch.stack(images[p * k:(p + 1) * k]) for p in range(len(prompts))]
     grid_path = out_dir / "grid.png"

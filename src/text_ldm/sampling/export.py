@@ -1,0 +1,53 @@
+"""Export a trained checkpoint as a diffusers pipeline folder (safetensors weights)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from text_ldm.lit.diffusion import LatentDiffusion
+from text_ldm.sampling import diffusers_pipeline
+from text_ldm.sampling.schedulers import make_sampler
+
+PIPELINE_FILE = "pipeline.py"
+
+
+def build_pipeline(model: LatentDiffusion, sampler: str):
+    """The TextLDMPipeline holding the model's own modules (no copies) and a `sampler` scheduler."""
+    ae = model.autoencoder
+    if ae.model is None:
+        raise ValueError("export needs an autoencoder; a pixel-space (vae kind=identity) model cannot be exported")
+    te = model.text_encoder
+    return diffusers_pipeline.TextLDMPipeline(
+        unet=model.unet, vqvae=ae.model, scheduler=make_sampler(sampler, model.noise_scheduler.config),
+        text_encoder=te.model, tokenizer=te.tokenizer, max_length=te.max_length,
+        use_attention_mask=bool(te.use_attention_mask), latent_scale=float(ae.scaling_factor),
+        force_not_quantize=bool(ae.force_not_quantize))
+
+
+def export_pipeline(model: LatentDiffusion, sampler: str, out_dir: str | os.PathLike) -> Path:
+    """Write `out_dir`: unet/, vqvae/, scheduler/, text_encoder/, tokenizer/ (safetensors weights),
+    model_index.json and pipeline.py (this package's TextLDMPipeline, so that
+    `DiffusionPipeline.from_pretrained(out_dir, trust_remote_code=True)` needs no text_ldm).
+
+    Written into a temporary sibling and renamed into place, so a crash never leaves half a folder;
+    an existing `out_dir` is replaced."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        pipe = build_pipeline(model, sampler)
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        shutil.copyfile(diffusers_pipeline.__file__, tmp / PIPELINE_FILE)
+        index_path = tmp / "model_index.json"
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        # [file stem, class]: diffusers then loads the class from pipeline.py in this folder.
+        index["_class_name"] = [Path(PIPELINE_FILE).stem, type(pipe).__name__]
+        index_path.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
