@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -47,12 +52,16 @@ def test_cache_is_reused_without_encoding(tmp_path, toy_root, monkeypatch):
     assert calls == [] and second.path == first.path
 
 
-@pytest.mark.parametrize("change", ["scale", "weights", "image_size", "ids"])
+@pytest.mark.parametrize("change", ["scale", "weights", "image_size", "ids", "vae", "encode_dtype"])
 def test_stale_cache_is_never_used(tmp_path, toy_root, change):
     dataset, ae = _dataset(toy_root), _autoencoder()
     old = build_latent_cache(dataset, ae, tmp_path, "train", progress=False)
     if change == "scale":
         ae = _autoencoder(scale=0.25)
+    elif change == "vae":  # another VAE choice: pixel space
+        ae = FrozenAutoencoder(None, "identity", 0.5)
+    elif change == "encode_dtype":
+        ae = FrozenAutoencoder(tiny_vq(), "vq", 0.5, encode_dtype="bfloat16")
     elif change == "weights":
         with torch.no_grad():
             next(ae.model.parameters()).add_(0.01)
@@ -61,9 +70,12 @@ def test_stale_cache_is_never_used(tmp_path, toy_root, change):
     else:
         dataset = ImageDataset(toy_root, dataset.ids[:-1], IMAGE_SIZE)
     new = build_latent_cache(dataset, ae, tmp_path, "train", progress=False)
-    assert new.path != old.path
+    assert new.path != old.path and old.path.exists()  # a new cache, the old one untouched
     direct = ae.encode(torch.stack([dataset[i]["image"] for i in range(len(dataset))]))
     np.testing.assert_allclose(new.latents, direct.numpy(), rtol=1e-5, atol=1e-5)
+    if change == "encode_dtype":  # bf16 latents are close to float32 ones, but not the same bytes
+        assert not np.array_equal(new.latents, old.latents)
+        np.testing.assert_allclose(new.latents, old.latents, atol=0.05 * float(np.abs(old.latents).max()))
 
 
 def test_truncated_cache_is_detected_and_rebuilt(tmp_path, toy_root):
@@ -103,3 +115,62 @@ def test_interrupted_build_resumes_to_identical_cache(tmp_path, toy_root):
     resumed = build_latent_cache(dataset, ae, tmp_path / "resumed", "train", batch_size=4, progress=False)
     assert sum(encoded) == len(dataset)  # the rerun encoded only what the crash left undone
     assert _digest(resumed) == reference
+
+
+def test_decoding_workers_give_the_same_bytes(tmp_path, toy_root):
+    dataset, ae = _dataset(toy_root), _autoencoder()
+    serial = build_latent_cache(dataset, ae, tmp_path / "serial", "train", batch_size=8, progress=False)
+    parallel = build_latent_cache(dataset, ae, tmp_path / "parallel", "train", batch_size=8, progress=False,
+                                  num_workers=2)
+    assert _digest(parallel) == _digest(serial)
+
+
+CHILD = """
+import sys, time, torch
+torch.set_num_threads(2)
+from text_ldm.data.celeba_layout import read_split
+from text_ldm.data.image_dataset import ImageDataset
+from text_ldm.data.latent_cache import build_latent_cache
+from text_ldm.models.autoencoder import FrozenAutoencoder
+root, vq_dir, cache_root, delay = sys.argv[1:5]
+ae = FrozenAutoencoder.from_pretrained(vq_dir, kind="vq")
+encode = ae.encode
+ae.encode = lambda images: time.sleep(float(delay)) or encode(images)  # a slow GPU: time to kill it mid-way
+build_latent_cache(ImageDataset(root, read_split(root, "train"), %d), ae, cache_root, "train", batch_size=4,
+                   progress=False)
+""" % IMAGE_SIZE
+
+
+def _file_hashes(cache: LatentCache) -> dict[str, str]:
+    return {name: hashlib.sha256((cache.path / name).read_bytes()).hexdigest() for name in (LATENTS, MANIFEST)}
+
+
+def test_sigkill_during_caching_then_rerun_gives_identical_files(tmp_path, toy_root, tiny_vq_dir):
+    """Issue #8: a real process is SIGKILLed half-way through caching; the rerun encodes only the
+    rest, and latents.npy and manifest.json hash the same as an uninterrupted build's."""
+    cache_root = tmp_path / "killed"
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(toy_root), str(tiny_vq_dir), str(cache_root), "0.4"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done, deadline = 0, time.monotonic() + 240
+    while time.monotonic() < deadline and child.poll() is None:
+        try:
+            done = json.loads(next(cache_root.glob("*.partial/progress.json")).read_text())["done"]
+        except (StopIteration, OSError, ValueError):
+            done = 0
+        if done >= 8:
+            break
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    assert child.wait(timeout=30) == -signal.SIGKILL, child.stderr.read().decode()[-2000:]
+    assert 8 <= done < 32, f"the child was not caught half-way (done={done})"
+    assert not [p for p in cache_root.iterdir() if not p.name.endswith(".partial")]  # nothing looks finished
+
+    ae = FrozenAutoencoder.from_pretrained(str(tiny_vq_dir), kind="vq")
+    dataset = _dataset(toy_root)
+    reference = build_latent_cache(dataset, ae, tmp_path / "straight", "train", batch_size=4, progress=False)
+    encoded = []
+    encode = ae.encode
+    ae.encode = lambda images: encoded.append(len(images)) or encode(images)
+    resumed = build_latent_cache(dataset, ae, cache_root, "train", batch_size=4, progress=False)
+    assert 0 < sum(encoded) <= 32 - done  # continued where the killed run stopped
+    assert _file_hashes(resumed) == _file_hashes(reference)
