@@ -1,0 +1,53 @@
+"""Where a demo training step's time goes: text encoding of fresh captions vs UNet forward+backward.
+
+    python bench/step_cost.py [batch=32] [max_length=32]
+Ratios are measured side by side in one process, so they hold on a busy machine too.
+"""
+import sys
+import time
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from pathlib import Path
+
+from text_ldm.models.unet import build_unet
+from text_ldm.utils.config import plain
+
+torch.set_num_threads(2)
+batch = int(sys.argv[1]) if len(sys.argv) > 1 else 32
+max_length = int(sys.argv[2]) if len(sys.argv) > 2 else 32
+conf = str(Path("conf").resolve())
+caps = [l.strip() for i in range(200) for l in open(f"data/toy_faces/celeba-caption/{i}.txt")][: batch * 6]
+with initialize_config_dir(conf, version_base="1.3"):
+    cfg = compose("train", overrides=[f"text_encoder.max_length={max_length}"])
+enc = instantiate(plain(cfg.text_encoder))
+enc.cache_size = 0
+tok = [len(x) for x in enc.tokenizer(caps)["input_ids"]]
+print(f"caption tokens: mean {sum(tok)/len(tok):.1f}, max {max(tok)}")
+
+
+def timeit(fn, n=5):
+    fn()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t) / n
+
+
+rows = [("text encoder, fresh captions", timeit(lambda: enc(caps[:batch])))]
+ctx = enc(caps[:batch])
+for name in ("unet_tiny", "unet_demo"):
+    with initialize_config_dir(conf, version_base="1.3"):
+        m = compose("train", overrides=[f"model={name}"]).model
+    unet = build_unet(plain(m.unet), 4, 16, 384)
+    x = torch.randn(batch, 4, 16, 16)
+    t = torch.randint(0, 1000, (batch,))
+
+    def step():
+        unet.zero_grad()
+        unet(x, t, encoder_hidden_states=ctx).sample.square().mean().backward()
+    rows.append((f"{name} fwd+bwd ({sum(p.numel() for p in unet.parameters())/1e6:.2f}M)", timeit(step)))
+print(f"{'part':40s} {'s/step':>8s}")
+for name, s in rows:
+    print(f"{name:40s} {s:8.3f}")
