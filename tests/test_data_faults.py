@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fake_celebahq import one_thread  # noqa: F401  (autouse fixture)
 from fake_celebahq import write_fake_celebahq
 from text_ldm.data.celeba_layout import IMAGE_DIR, DatasetLayoutError
 from text_ldm.data.datamodule import CelebADataModule

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import IMAGE_SIZE, tiny_vq
+from fake_celebahq import one_thread  # noqa: F401  (autouse fixture)
 from text_ldm.data.celeba_layout import read_split
 from text_ldm.data.image_dataset import ImageDataset
 from text_ldm.data.latent_cache import LATENTS, MANIFEST, LatentCache, build_latent_cache
@@ -127,7 +128,7 @@ def test_decoding_workers_give_the_same_bytes(tmp_path, toy_root):
 
 CHILD = """
 import sys, time, torch
-torch.set_num_threads(2)
+torch.set_num_threads(int(sys.argv[5]))  # the parent's, so both compute the same bits
 from text_ldm.data.celeba_layout import read_split
 from text_ldm.data.image_dataset import ImageDataset
 from text_ldm.data.latent_cache import build_latent_cache
@@ -149,7 +150,8 @@ def test_sigkill_during_caching_then_rerun_gives_identical_files(tmp_path, toy_r
     """Issue #8: a real process is SIGKILLed half-way through caching; the rerun encodes only the
     rest, and latents.npy and manifest.json hash the same as an uninterrupted build's."""
     cache_root = tmp_path / "killed"
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(toy_root), str(tiny_vq_dir), str(cache_root), "0.4"],
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(toy_root), str(tiny_vq_dir), str(cache_root), "0.4",
+                              str(torch.get_num_threads())],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     done, deadline = 0, time.monotonic() + 240
     while time.monotonic() < deadline and child.poll() is None:
