@@ -115,3 +115,37 @@ def test_fingerprint_tracks_scale_and_weights():
     with torch.no_grad():
         next(b.model.parameters()).mul_(1.01)
     assert a.fingerprint() != b.fingerprint()
+
+
+def _tiny_kl() -> AutoencoderKL:
+    torch.manual_seed(0)
+    return AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=3, norm_num_groups=4)
+
+
+def test_fingerprint_tracks_the_vae_choice_and_encode_dtype():
+    fingerprints = {
+        "vq": FrozenAutoencoder(tiny_vq(), "vq", 1.0).fingerprint(),
+        "kl": FrozenAutoencoder(_tiny_kl(), "kl", 1.0).fingerprint(),
+        "identity": FrozenAutoencoder(None, "identity", 1.0).fingerprint(),
+        "vq-bf16": FrozenAutoencoder(tiny_vq(), "vq", 1.0, encode_dtype="bfloat16").fingerprint(),
+    }
+    assert len(set(fingerprints.values())) == 4
+
+
+def test_bf16_encoding_is_close_and_returns_float32():
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    full = FrozenAutoencoder(tiny_vq(), "vq", 1.0).encode(images)
+    half = FrozenAutoencoder(tiny_vq(), "vq", 1.0, encode_dtype="bfloat16").encode(images)
+    assert half.dtype == torch.float32 and not torch.equal(half, full)
+    torch.testing.assert_close(half, full, atol=0.05 * float(full.abs().max()), rtol=0.05)
+
+
+def test_bad_encode_dtype_and_empty_pretrained_are_named():
+    with pytest.raises(ValueError, match="vae.encode_dtype='fp8'"):
+        FrozenAutoencoder(tiny_vq(), "vq", 1.0, encode_dtype="fp8")
+    with pytest.raises(ValueError, match="vae.pretrained is empty"):
+        FrozenAutoencoder.from_pretrained(None, kind="vq")
+    gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    assert FrozenAutoencoder(tiny_vq(), "vq", 1.0, encode_dtype="auto").encode_dtype == ("bfloat16" if gpu_bf16 else "float32")
+    assert FrozenAutoencoder(None, "identity", 1.0, encode_dtype="auto").encode_dtype == "float32"
