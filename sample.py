@@ -15,7 +15,8 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 def main(cfg: DictConfig) -> None:
     from text_ldm.sampling.app import run
 
-    print(f"wrote: {run(cfg)}")
+    label = "export" if cfg.get("export_dir") else ("forward-noise strip" if cfg.mode == "forward_noise" else "grid")
+    print(f"{label}: {run(cfg)}")
 
 
 if __name__ == "__main__":

@@ -74,7 +74,8 @@ def expand(part: str) -> list[tuple[str, float]]:
         weight = 1.0
         for _, w in combo:
             weight *= w
-        out.append((re.sub(r"\s+", " ", text).strip(), weight))
+        if weight > 0:  # a zero-weight choice changes nothing; skipping it keeps 0/1 mixes exact
+            out.append((re.sub(r"\s+", " ", text).strip(), weight))
     return out
 
 
