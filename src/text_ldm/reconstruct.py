@@ -21,6 +21,7 @@ from torchvision.utils import make_grid
 
 from text_ldm.data.image_dataset import ImageDataset
 from text_ldm.utils.atomic import atomic_save_png, atomic_write_text
+from text_ldm.utils.cli import report_errors
 from text_ldm.utils.config import plain
 from text_ldm.utils.grid import to_pil
 
@@ -81,6 +82,7 @@ def reconstruct(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="reconstruct")
+@report_errors
 def main(cfg: DictConfig) -> None:
     result = reconstruct(cfg)
     print(f"PSNR {result['psnr_db_mean']:.2f} dB over {len(result['psnr_db'])} images "
