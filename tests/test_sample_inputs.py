@@ -15,6 +15,11 @@ def _cfg(tmp_path, *overrides):
     ("steps=0", "steps=0 must be >= 1"),
     ("guidance_scale=-1", "guidance_scale=-1 must be >= 0"),
     ("num_images_per_prompt=0", "num_images_per_prompt=0 must be >= 1"),
+    ("strength=1.5", r"strength=1.5 must be in \[0, 1\]"),
+    ("strength=-0.1", r"strength=-0.1 must be in \[0, 1\]"),
+    ("trajectory_every=0", "trajectory_every=0 must be >= 1"),
+    ("precision=fp8", "precision=fp8 must be one of"),
+    ("mode=backward", "mode=backward must be one of"),
 ])
 def test_invalid_numbers(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
@@ -39,3 +44,10 @@ def test_missing_or_invalid_checkpoint_is_named(tmp_path):
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="junk.ckpt is not a loadable checkpoint"):
         sample(_cfg(tmp_path, f"ckpt={junk}", "prompt=a face"))
+
+
+def test_missing_init_image_is_named(tmp_path):
+    missing = tmp_path / "face.png"
+    with pytest.raises(FileNotFoundError, match=f"init_image {missing} does not exist"):
+        sample(_cfg(tmp_path, "ckpt=unused.ckpt", "prompt=a face", f"init_image={missing}"))
+    assert not (tmp_path / "out").exists()

@@ -56,6 +56,8 @@ def validate(cfg: DictConfig, steps: int) -> None:
         problems.append(f"precision={cfg.precision} must be one of {sorted(prec.DTYPES)}")
     if problems:
         raise ValueError("; ".join(problems))
+    if cfg.get("init_image") and not Path(cfg.init_image).is_file():
+        raise FileNotFoundError(f"init_image {cfg.init_image} does not exist")
 
 
 def _device(cfg: DictConfig) -> str:
@@ -81,6 +83,7 @@ def forward_noise_strip(cfg: DictConfig) -> Path:
     `forward_noise_timesteps` with the training schedule, decoded: forward_noise.png (+ .gif)."""
     if not cfg.get("init_image"):
         raise ValueError("mode=forward_noise needs init_image=PATH")
+    validate(cfg, 1)
     model = load_diffusion(cfg.ckpt, _device(cfg), use_ema=bool(cfg.use_ema))
     latents = encode_image(model.autoencoder, cfg.init_image, int(model.hparams.image_size))
     frames = forward_noise(model.autoencoder, model.noise_scheduler, latents, list(cfg.forward_noise_timesteps),
