@@ -133,16 +133,16 @@ def main() -> None:
     for workers in sorted({0, args.workers}):
         dataset = ImageDataset(root, ids, size)
         cache_root = tmp / f"ours-{workers}"
-        rows.append((f"ours: build_latent_cache", args.batch_size, workers, timed(lambda: build_latent_cache(
+        rows.append(("ours: build_latent_cache", args.batch_size, workers, timed(lambda: build_latent_cache(
             dataset, autoencoder, cache_root, "train", batch_size=args.batch_size, device=device, progress=False,
             num_workers=workers))))
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
     print(f"\nworkload: {args.workload}, {n} images, {size} px, {autoencoder.source}; device: {name}\n")
-    print("| method | batch | decode workers | images/s | vs baseline |")
-    print("|---|---|---|---|---|")
+    print("| method | batch | decode workers | seconds | images/s | vs baseline |")
+    print("|---|---|---|---|---|---|")
     base = n / rows[0][3]
     for label, batch, workers, seconds in rows:
-        print(f"| {label} | {batch} | {workers} | {n / seconds:.1f} | {n / seconds / base:.2f}x |")
+        print(f"| {label} | {batch} | {workers} | {seconds:.1f} | {n / seconds:.3g} | {n / seconds / base:.2f}x |")
 
 
 if __name__ == "__main__":
