@@ -4,7 +4,7 @@
   (b) ours: DPM++ 2M (or --sampler unipc) at 20 steps, one batched CFG call per step
   (c) (b) + torch.compile and channels_last, each kept only if it is faster than without
 
-    python bench/sampling.py [--ckpt outputs/demo/checkpoints/last.ckpt] [--batch 8] [--a-steps-timed 50]
+    python bench/sampling.py [--ckpt outputs/demo/checkpoints/last.ckpt] [--batch 8] [--a-steps-timed 20]
     python bench/sampling.py --fidelity 8        # also attribute accuracy of (a) and (b) on 8 prompts
 
 (a) costs 100x (b); by default it is timed over its first --a-steps-timed of 1000 steps and the
@@ -101,8 +101,8 @@ def main() -> None:
     parser.add_argument("--ckpt", default=str(ROOT / "outputs/demo/checkpoints/last.ckpt"))
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--sampler", default="dpmpp_2m", choices=["dpmpp_2m", "unipc"])
-    parser.add_argument("--a-steps-timed", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs of (b)/(c) after one warm-up; best kept")
+    parser.add_argument("--a-steps-timed", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs of (b)/(c) after one warm-up; best kept")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="UNet dtype for (b) and (c)")
     parser.add_argument("--fidelity", type=int, default=0, help="also score (a) and (b) on this many prompts")
@@ -134,7 +134,7 @@ def speed_table(model, args) -> None:
         fast_model.unet.to(torch.bfloat16)
 
     def best(m):
-        run_config(m, args.sampler, 20, args.batch, True)  # warm-up (and compilation)
+        run_config(m, args.sampler, 3, args.batch, True)  # warm-up (and compilation: same shapes as 20 steps)
         return min(run_config(m, args.sampler, 20, args.batch, True)[0] for _ in range(args.repeats))
 
     b = best(fast_model)
