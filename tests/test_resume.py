@@ -41,7 +41,7 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one_bit_for_bit(tmp_pat
     # Its own latent cache: two processes building one cache at once race on its final rename.
     straight = _spawn(_train_cmd(tmp_path, toy_root, tiny_vq_dir, "straight", f"paths.cache_dir={tmp_path / 'cache2'}"),
                       tmp_path)
-    killed = _spawn(_train_cmd(tmp_path, toy_root, tiny_vq_dir, "killed", "+callbacks.kill._target_=kill_callback.SigkillAtStep",
+    killed = _spawn(_train_cmd(tmp_path, toy_root, tiny_vq_dir, "killed", "+callbacks.kill._target_=probe_callbacks.SigkillAtStep",
                                f"+callbacks.kill.step={KILL_AT}"), tmp_path)
     killed_log = killed.communicate(timeout=600)[0]
     assert killed.returncode == -signal.SIGKILL, killed_log[-3000:]
