@@ -47,7 +47,7 @@ def _record(fn):
 def test_missing_data_dir_names_the_expected_layout(tmp_path, tiny_vq_dir):
     absent = tmp_path / "no-such-dir"
     with pytest.raises(DatasetLayoutError) as err:
-        _dm(absent, tmp_path / "cache", tiny_vq_dir).prepare_data()
+        _dm(absent, tmp_path / "cache", tiny_vq_dir)  # at construction: before any model is loaded
     msg = str(err.value)
     assert f"dataset root not found: {absent}" in msg
     assert "Expected dataset layout" in msg and "CelebA-HQ-img/<id>.jpg" in msg and "celeba-caption/<id>.txt" in msg
@@ -83,9 +83,8 @@ def test_missing_or_empty_caption_and_missing_image_one_error_with_count(root, t
 def test_skip_reports_the_count_and_keeps_the_rest(root, tmp_path, tiny_vq_dir):
     _break_captions_and_images(root)
     dm = _dm(root, tmp_path / "cache", tiny_vq_dir, on_missing="skip")
-    messages = [m for m in _record(dm.prepare_data) if "skipping" in m]
+    messages = [m for m in _record(lambda: (dm.prepare_data(), dm.setup("fit"))) if "skipping" in m]
     assert len(messages) == 1 and messages[0].startswith("skipping 3 problem(s) (3 ids kept)")
-    dm.setup("fit")
     assert _caches(tmp_path / "cache")[0].ids == ["0", "4", "5"]
     assert len(dm.datasets["train"]) == 3
 

@@ -82,7 +82,11 @@ class CelebADataModule(L.LightningDataModule):
         self.cache_num_workers = int(cache_num_workers)
         self.preview_count = int(preview_count)
         self.layout = CelebALayout(self.root)
+        if self.toy is None:
+            # Fail in seconds, before train.py loads (or downloads) CLIP and the VAE, not after.
+            self.layout.check()
         self.datasets: dict[str, Dataset] = {}
+        self._ids: dict[str, list[str]] = {}
 
     def prepare_data(self) -> None:
         """Runs on one process: generate toy data if asked, then fill the latent cache."""
@@ -97,8 +101,14 @@ class CelebADataModule(L.LightningDataModule):
     def _autoencoder(self):
         return instantiate(self.autoencoder_config)
 
+    def _split_ids(self, split: str) -> list[str]:
+        """The usable ids of `split`, checked once per process (so data.on_missing=skip warns once)."""
+        if split not in self._ids:
+            self._ids[split] = self.layout.collect(split, on_missing=self.on_missing)
+        return self._ids[split]
+
     def _cache(self, split: str, autoencoder) -> LatentCache:
-        ids = self.layout.collect(split, on_missing=self.on_missing)
+        ids = self._split_ids(split)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         images = ImageDataset(self.root, ids, self.image_size, on_corrupt=self.on_missing)
         return build_latent_cache(images, autoencoder, self.cache_dir, split, batch_size=self.cache_batch_size,
@@ -110,8 +120,7 @@ class CelebADataModule(L.LightningDataModule):
         autoencoder = self._autoencoder() if self.mode == "latents" else None
         for split in ("train", "test"):
             if self.mode == "images":
-                ids = self.layout.collect(split, on_missing=self.on_missing)
-                self.datasets[split] = ImageDataset(self.root, ids, self.image_size)
+                self.datasets[split] = ImageDataset(self.root, self._split_ids(split), self.image_size)
             else:
                 cache = self._cache(split, autoencoder)  # finds the cache prepare_data built
                 captions = [read_captions(self.layout.caption_path(i)) for i in cache.ids]
