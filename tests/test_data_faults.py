@@ -161,3 +161,24 @@ def test_small_images_are_upscaled_with_one_warning_per_run(root, tmp_path, tiny
     messages = [m for m in _record(lambda: (dm.prepare_data(), dm.setup("fit"))) if "upscaled" in m]
     assert len(messages) == 1 and "smaller than data.image_size=32" in messages[0]
     assert _caches(tmp_path / "cache")[0].latents.shape == (6, 3, SIZE // 4, SIZE // 4)
+
+
+def test_entry_points_report_the_layout_error_in_one_message(tmp_path, capsys, monkeypatch):
+    """Through Hydra's instantiate (which wraps it) and the entry points' report_errors: no traceback."""
+    from hydra.utils import instantiate
+
+    from text_ldm.utils.cli import report_errors
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    absent = tmp_path / "absent"
+
+    @report_errors
+    def main():
+        instantiate({"_target_": "text_ldm.data.datamodule.CelebADataModule", "_recursive_": False,
+                     "root": str(absent), "cache_dir": str(tmp_path), "autoencoder": {}})
+
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: dataset root not found: {absent}\nExpected dataset layout") and "Traceback" not in err

@@ -21,6 +21,17 @@ def _is_user_error(err: BaseException) -> bool:
     return isinstance(err, USER_ERRORS)
 
 
+def _unwrap_instantiation(err: BaseException) -> BaseException:
+    """Hydra's `instantiate` wraps what a config's target raises (a wrong dataset layout found by
+    the DataModule's constructor, a bad VAE option) in InstantiationException; the cause is the
+    user's error."""
+    from hydra.errors import InstantiationException
+
+    while isinstance(err, InstantiationException) and err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
 def report_errors(main: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a Hydra task function: user errors print `error: <message>` and exit 1; SIGTERM (after
     Lightning has stopped the loop and the interrupt checkpoint is written) exits 143 like an
@@ -38,9 +49,10 @@ def report_errors(main: Callable[..., Any]) -> Callable[..., Any]:
             print("stopped by SIGTERM; resume with ckpt_path=<run dir>/checkpoints/last.ckpt", file=sys.stderr)
             sys.exit(128 + signal.SIGTERM)
         except Exception as err:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1" or not _is_user_error(err):
+            cause = _unwrap_instantiation(err)
+            if os.environ.get("HYDRA_FULL_ERROR") == "1" or not _is_user_error(cause):
                 raise
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {cause}", file=sys.stderr)
             print("(HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
             sys.exit(1)
 
