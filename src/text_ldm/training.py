@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -35,6 +36,25 @@ def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
     return {"params/trainable": trainable, "params/frozen": total - trainable}
 
 
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """`ckpt_path=last`: the newest `last.ckpt` under this task's log directory (every run of
+    `task_name`, single or multirun), since each new run writes into a fresh directory where
+    Lightning's own "last" would find nothing. A path is checked and returned as is."""
+    ckpt = cfg.get("ckpt_path")
+    if ckpt in (None, "best"):
+        return ckpt
+    if ckpt != "last":
+        if not os.path.isfile(ckpt):
+            raise FileNotFoundError(f"ckpt_path={ckpt} does not exist; give a last.ckpt path or ckpt_path=last")
+        return ckpt
+    root = Path(cfg.paths.log_dir) / cfg.task_name
+    candidates = sorted(root.rglob("checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise FileNotFoundError(f"ckpt_path=last: no checkpoints/last.ckpt under {root}; train first or give a path")
+    rank_zero_info(f"resuming from {candidates[-1]}")
+    return str(candidates[-1])
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit cfg.model on cfg.data. Returns the final callback metrics as floats."""
     if cfg.get("num_threads"):
@@ -55,7 +75,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         for logger in trainer.loggers:
             logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), **counts})
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
     finally:
         _finish_loggers(trainer)
     best = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
