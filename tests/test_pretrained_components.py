@@ -11,6 +11,7 @@ from diffusers import AutoencoderKL
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from conftest import tiny_vq
+from fake_celebahq import one_thread  # noqa: F401  (autouse fixture)
 from text_ldm.models.autoencoder import FrozenAutoencoder
 from text_ldm.models.text_encoder import FrozenTextEncoder
 
