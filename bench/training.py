@@ -1,0 +1,203 @@
+"""Training-step throughput, side by side in one run, on the same UNet config and images:
+
+  (a) seed-style: fp32, a DataLoader yielding one item at a time, the VAE and the text encoder
+      run on every step (no latent cache, no text memo);
+  (b) diffusers train_text_to_image: batched DataLoader, the VAE encodes the images every step,
+      the text encoder runs every step;
+  (c) ours: cached latents, memoised text embeddings, LatentDiffusion's loss at `--precision`.
+
+A step = data + text + (VAE) + UNet forward/backward + AdamW (no EMA, no logging, in every loop); the
+loops take turns step by step, so a busy machine slows all three alike.
+UNet FLOPs come from torch.utils.flop_counter (training ~ 3x forward); MFU needs the device's peak
+(`--peak-tflops`, e.g. 989 for H100 SXM bf16 dense), so it reads n/a on CPU.
+
+    python bench/training.py [--model unet_tiny] [--batch 32] [--steps 6] [--precision 32-true|bf16-mixed]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
+
+from text_ldm.data.celeba_layout import read_captions  # noqa: E402
+from text_ldm.data.datamodule import CelebADataModule  # noqa: E402
+from text_ldm.data.image_dataset import ImageDataset  # noqa: E402
+from text_ldm.data.resumable import ResumableDataLoader  # noqa: E402
+from text_ldm.data.toy_faces import build_toy_faces  # noqa: E402
+from text_ldm.utils.config import plain  # noqa: E402
+
+
+class CaptionedImages(Dataset):
+    """Item i: {"image": (3, H, W) in [-1, 1], "caption": its first caption}."""
+
+    def __init__(self, images: ImageDataset, captions: list[str]):
+        self.images, self.captions = images, captions
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return {"image": self.images[i]["image"], "caption": self.captions[i]}
+
+
+def unet_step(model, opt, latents, captions, context_fn, autocast):
+    """One UNet training step; returns nothing, synchronises the device."""
+    with autocast():
+        context = context_fn(captions).to(latents.dtype)
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, 1000, (latents.shape[0],), device=latents.device)
+        noisy = model.noise_scheduler.add_noise(latents, noise, t)
+        loss = torch.nn.functional.mse_loss(model(noisy, t, context).float(), noise.float())
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def timed_round_robin(loops: list, steps: int, warmup: int) -> list[float]:
+    """Seconds per step of each generator in `loops`, stepping them in turn (a, b, c, a, b, c, ...)
+    so that a shared, busy machine slows them all alike."""
+    for loop in loops:
+        for _ in range(warmup):
+            next(loop)
+    totals = [0.0] * len(loops)
+    for _ in range(steps):
+        for i, loop in enumerate(loops):
+            sync()
+            start = time.perf_counter()
+            next(loop)
+            sync()
+            totals[i] += time.perf_counter() - start
+    return [t / steps for t in totals]
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def forever(loader):
+    while True:
+        yield from loader
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="unet_tiny")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--n", type=int, default=256, help="toy images generated for the run")
+    p.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed"])
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--peak-tflops", type=float, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tmp = Path(tempfile.mkdtemp(prefix="bench_training_"))
+    root = tmp / "toy_faces"
+    build_toy_faces(root, num_train=args.n, num_test=8, image_size=64, seed=0, progress=False)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", [f"model={args.model}", f"paths.root_dir={tmp}", f"data.root={root}", "data.toy=null",
+                                f"paths.artifacts_dir={ROOT / 'artifacts'}", f"data.batch_size={args.batch}",
+                                f"model.compile={str(args.compile).lower()}",
+                                f"model.channels_last={str(args.channels_last).lower()}"])
+    torch.manual_seed(0)
+    model = instantiate(cfg.model).to(device)
+    model.cast_frozen(args.precision)
+    init = copy.deepcopy(model.unet.state_dict())
+    dm = CelebADataModule(**{k: v for k, v in plain(cfg.data).items() if k != "_target_" and k != "_recursive_"})
+    dm.prepare_data()  # latent cache: built once, outside the timing (that is the point of a cache)
+    dm.setup("fit")
+    cached = dm.datasets["train"]
+    captions = [read_captions(dm.layout.caption_path(i))[0] for i in cached.ids] if hasattr(cached, "ids") else None
+    ids = dm.layout.collect("train")
+    captions = [read_captions(dm.layout.caption_path(i))[0] for i in ids]
+    images = CaptionedImages(ImageDataset(root, ids, 64), captions)
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(args.precision)
+    low = lambda: torch.autocast(device, dtype=dtype) if dtype else torch.autocast(device, enabled=False)  # noqa: E731
+    fp32 = lambda: torch.autocast(device, enabled=False)  # noqa: E731
+    uncached_text = model.text_encoder._encode  # the encoder itself, bypassing the memo
+    vae = model.autoencoder
+    seed_text, seed_vae = copy.deepcopy(model.text_encoder).float(), copy.deepcopy(vae).float()  # (a) is fp32
+
+    def fresh_opt():
+        model.unet.load_state_dict(init)
+        return instantiate(cfg.model.optimizer)(params=model.unet.parameters())
+
+    def seed_loop():
+        opt = fresh_opt()
+        items = forever(DataLoader(images, batch_size=None, shuffle=True))  # one item at a time
+        while True:
+            batch = [next(items) for _ in range(args.batch)]
+            x = torch.stack([b["image"] for b in batch]).to(device)
+            with torch.no_grad():
+                latents = seed_vae.encode(x).float()
+            unet_step(model, opt, latents, [b["caption"] for b in batch], seed_text._encode, fp32)
+            yield
+
+    def diffusers_loop():
+        opt = fresh_opt()
+        batches = forever(DataLoader(images, batch_size=args.batch, shuffle=True, drop_last=True))
+        while True:
+            batch = next(batches)
+            with torch.no_grad(), low():
+                latents = vae.encode(batch["image"].to(device)).float()
+            unet_step(model, opt, latents, list(batch["caption"]), uncached_text, low)
+            yield
+
+    def our_loop():
+        opt = fresh_opt()
+        batches = forever(ResumableDataLoader(cached, args.batch, seed=0))
+        while True:
+            batch = next(batches)
+            with low():
+                loss = model._diffusion_loss(batch["latent"].to(device), model._drop_captions(batch["caption"]))
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            yield
+
+    latents = torch.randn(args.batch, *model.latent_shape, device=device)
+    context = model.text_encoder(captions[: args.batch]).float()
+    with FlopCounterMode(display=False) as counter:
+        model(latents, torch.zeros(args.batch, dtype=torch.long, device=device), context)
+    train_flops = 3 * counter.get_total_flops()
+
+    names = ["(a) seed-style loop", "(b) diffusers train_text_to_image", "(c) ours"]
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    seconds = timed_round_robin([seed_loop(), diffusers_loop(), our_loop()], args.steps, args.warmup)
+    mem = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} (all loops)" if torch.cuda.is_available() else "n/a"
+    rows = [(name, args.batch / sec, train_flops / sec / 1e12, mem) for name, sec in zip(names, seconds)]
+    device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    params = sum(p.numel() for p in model.unet.parameters())
+    print(f"\n{args.model} ({params / 1e6:.1f}M UNet params), batch {args.batch}, 64 px toy faces, "
+          f"precision {args.precision} for (b) and (c), compile={args.compile}, channels_last={args.channels_last}; "
+          f"{device_name}; UNet training step {train_flops / 1e9:.1f} GFLOP\n")
+    print("| loop | samples/s | vs (a) | UNet TFLOP/s | MFU | peak mem GiB |")
+    print("|---|---|---|---|---|---|")
+    for name, rate, tflops, mem in rows:
+        mfu = f"{100 * tflops / args.peak_tflops:.1f}%" if args.peak_tflops else "n/a"
+        print(f"| {name} | {rate:.1f} | {rate / rows[0][1]:.2f}x | {tflops:.3f} | {mfu} | {mem} |")
+    print(f"\nours vs (b): {rows[2][1] / rows[1][1]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
