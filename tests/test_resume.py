@@ -38,6 +38,7 @@ def _assert_same(a: dict, b: dict, what: str) -> None:
         assert torch.equal(a[key], b[key]), f"{what}: {key} differs"
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_matches_an_uninterrupted_one_bit_for_bit(tmp_path, toy_root, tiny_vq_dir):
     # Its own latent cache: two processes building one cache at once race on its final rename.
     straight = _spawn(_train_cmd(tmp_path, toy_root, tiny_vq_dir, "straight", f"paths.cache_dir={tmp_path / 'cache2'}"),

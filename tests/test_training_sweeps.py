@@ -41,6 +41,7 @@ def test_wandb_offline_logs_metrics_config_and_sample_grids(tmp_path, toy_root, 
         assert key in log, f"{key.decode()} missing from the W&B run"
 
 
+@pytest.mark.slow
 def test_multirun_two_jobs_separate_folders(tmp_path, toy_root, tiny_vq_dir):
     overrides = [o for o in tiny_train_overrides(tmp_path, toy_root, tiny_vq_dir) if not o.startswith("paths.output_dir")]
     sweep_dir = tmp_path / "sweep"
@@ -53,6 +54,7 @@ def test_multirun_two_jobs_separate_folders(tmp_path, toy_root, tiny_vq_dir):
         assert f"model.optimizer.lr={lr}" in (sweep_dir / job / ".hydra" / "overrides.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_optuna_sweep_runs_two_trials(tmp_path, toy_root, tiny_vq_dir):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     overrides = [o for o in tiny_train_overrides(tmp_path, toy_root, tiny_vq_dir) if not o.startswith("paths.output_dir")]
