@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -85,3 +86,15 @@ def test_every_model_size_composes_and_builds(tmp_path, tiny_vq_dir, toy_root):
         if size != "unet_base":  # building the base UNet costs seconds and ~1 GB for nothing new
             unet = build_unet(plain(cfg.model.unet), 3, 16, 512)
             assert unet.config.block_out_channels[0] == channels
+
+
+@pytest.mark.parametrize("key", ["cross_attention_dim", "in_channels", "sample_size"])
+def test_typing_a_derived_unet_width_is_a_config_error(train_cfg, key):
+    """The text width and latent shape cannot disagree with the encoders: typing them is refused."""
+    from omegaconf import open_dict
+
+    with open_dict(train_cfg):
+        train_cfg.model.unet[key] = 768
+    # Hydra wraps errors raised while instantiating (InstantiationException); train.py unwraps them.
+    with pytest.raises(Exception, match=re.escape(f"model.unet.{key} is derived from the autoencoder / text encoder")):
+        instantiate(train_cfg.model)
