@@ -132,3 +132,15 @@ def test_unknown_group_choice_names_the_options():
 
     with pytest.raises(MissingConfigException, match="Available options"):
         compose_config("sample", ["ckpt=x", "sampler=nope"])
+
+
+def test_resume_from_an_incompatible_config_lists_the_keys(train_cfg, tmp_path):
+    train_cfg.callbacks.image_logger = None
+    train(train_cfg)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    other = compose_config("train", [*tiny_train_overrides(tmp_path, train_cfg.data.root, train_cfg.vae.pretrained),
+                                     "model.unet.block_out_channels=[16,16]", f"ckpt_path={last}",
+                                     f"paths.output_dir={tmp_path / 'other'}"])
+    with pytest.raises(ValueError, match=r"does not match the model its config builds \(\d+ mismatched keys\): "
+                                         r".*unet\.conv_in\.weight: checkpoint \(8, 3, 3, 3\) vs model \(16, 3, 3, 3\)"):
+        train(other)

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from text_ldm.models.unet import build_unet
 from text_ldm.sampling.pipeline import generate
 from text_ldm.sampling.schedulers import make_sampler
+from text_ldm.utils.checkpoint_io import check_state_matches
 from text_ldm.utils.config import plain
 from text_ldm.utils.optim import configure_from_partials
 
@@ -181,6 +182,9 @@ class LatentDiffusion(L.LightningModule):
             for key, value in self.state_dict().items():
                 if key.startswith(FROZEN_PREFIXES):
                     state.setdefault(key, value)
+            # Here, not only in sample.py: Lightning's resume (`ckpt_path=`) comes through this hook
+            # too, and gets the same list of keys instead of load_state_dict's traceback.
+            check_state_matches(self.state_dict(), state)
         self._rng_to_restore = checkpoint.get("rng_states")
 
 

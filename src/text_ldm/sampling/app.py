@@ -67,7 +67,6 @@ def _device(cfg: DictConfig) -> str:
 def run(cfg: DictConfig) -> Path:
     """Dispatch on what was asked: export_dir= -> the exported folder; mode=forward_noise -> its
     strip; otherwise sampling -> the grid."""
-    steps = int(cfg.steps if cfg.get("steps") is not None else cfg.sampler.steps)
     if cfg.get("export_dir"):
         from text_ldm.sampling.export import export_pipeline
 

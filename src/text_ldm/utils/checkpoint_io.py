@@ -39,3 +39,21 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise ValueError(f"{path} is not a text_ldm training checkpoint (no state_dict / hyper_parameters)")
     return checkpoint
+
+
+def state_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> list[str]:
+    """Human-readable differences between two state dicts: missing, unexpected, and shape-mismatched keys."""
+    problems = [f"missing {k}" for k in expected if k not in found]
+    problems += [f"unexpected {k}" for k in found if k not in expected]
+    problems += [f"{k}: checkpoint {tuple(found[k].shape)} vs model {tuple(v.shape)}"
+                 for k, v in expected.items() if k in found and tuple(found[k].shape) != tuple(v.shape)]
+    return problems
+
+
+def check_state_matches(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> None:
+    """ValueError listing (up to 12 of) the mismatched keys, e.g. a checkpoint whose UNet or text
+    encoder config differs from the model it is loaded into."""
+    problems = state_mismatch(expected, found)
+    if problems:
+        shown = "; ".join(problems[:12]) + (f"; ... {len(problems) - 12} more" if len(problems) > 12 else "")
+        raise ValueError(f"this checkpoint does not match the model its config builds ({len(problems)} mismatched keys): {shown}")
