@@ -13,6 +13,8 @@ UNet FLOPs come from torch.utils.flop_counter (training ~ 3x forward); MFU needs
 (`--peak-tflops`, e.g. 989 for H100 SXM bf16 dense), so it reads n/a on CPU.
 
     python bench/training.py [--model unet_tiny] [--batch 32] [--steps 6] [--precision 32-true|bf16-mixed]
+    # GPU, the real path's latent shape (3 x 64 x 64, as ldm-celebahq-256's VQ-f4 gives) without the hub:
+    python bench/training.py --model unet_base --vae identity --image-size 64 --precision bf16-mixed --peak-tflops 989
 """
 from __future__ import annotations
 
@@ -102,6 +104,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--n", type=int, default=256, help="toy images generated for the run")
+    p.add_argument("--vae", default="toy_vq", help="vae config; identity: latents are the images themselves")
+    p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed"])
     p.add_argument("--compile", action="store_true")
     p.add_argument("--channels-last", action="store_true")
@@ -113,9 +117,10 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tmp = Path(tempfile.mkdtemp(prefix="bench_training_"))
     root = tmp / "toy_faces"
-    build_toy_faces(root, num_train=args.n, num_test=8, image_size=64, seed=0, progress=False)
+    build_toy_faces(root, num_train=args.n, num_test=8, image_size=args.image_size, seed=0, progress=False)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", [f"model={args.model}", f"paths.root_dir={tmp}", f"data.root={root}", "data.toy=null",
+        cfg = compose("train", [f"model={args.model}", f"vae={args.vae}", f"data.image_size={args.image_size}",
+                                f"paths.root_dir={tmp}", f"data.root={root}", "data.toy=null",
                                 f"paths.artifacts_dir={ROOT / 'artifacts'}", f"data.batch_size={args.batch}",
                                 f"model.compile={str(args.compile).lower()}",
                                 f"model.channels_last={str(args.channels_last).lower()}"])
@@ -130,7 +135,7 @@ def main() -> None:
     captions = [read_captions(dm.layout.caption_path(i))[0] for i in cached.ids] if hasattr(cached, "ids") else None
     ids = dm.layout.collect("train")
     captions = [read_captions(dm.layout.caption_path(i))[0] for i in ids]
-    images = CaptionedImages(ImageDataset(root, ids, 64), captions)
+    images = CaptionedImages(ImageDataset(root, ids, args.image_size), captions)
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(args.precision)
     low = lambda: torch.autocast(device, dtype=dtype) if dtype else torch.autocast(device, enabled=False)  # noqa: E731
     fp32 = lambda: torch.autocast(device, enabled=False)  # noqa: E731
@@ -183,11 +188,13 @@ def main() -> None:
             model.text_encoder = warm
             yield
 
-    latents = torch.randn(args.batch, *model.latent_shape, device=device)
-    context = model.text_encoder(captions[: args.batch]).float()
-    with FlopCounterMode(display=False) as counter:
-        model(latents, torch.zeros(args.batch, dtype=torch.long, device=device), context)
-    train_flops = 3 * counter.get_total_flops()
+    # FLOPs are linear in the batch: count a forward of 2 samples without autograd (a full-batch counted
+    # forward holds every activation in fp32 and does not fit unet_base at batch 64 on an 80 GB GPU).
+    latents = torch.randn(2, *model.latent_shape, device=device)
+    context = model.text_encoder(captions[:2]).float()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(latents, torch.zeros(2, dtype=torch.long, device=device), context)
+    train_flops = 3 * counter.get_total_flops() * args.batch / 2
 
     names = ["(a) seed-style loop", "(b) diffusers train_text_to_image", "(c) ours, first epoch (text memo cold)",
              "(c) ours, later epochs (text memo warm)"]
@@ -199,7 +206,8 @@ def main() -> None:
     rows = [(name, args.batch / sec, train_flops / sec / 1e12, mem) for name, sec in zip(names, seconds)]
     device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     params = sum(p.numel() for p in model.unet.parameters())
-    print(f"\n{args.model} ({params / 1e6:.1f}M UNet params), batch {args.batch}, 64 px toy faces, "
+    print(f"\n{args.model} ({params / 1e6:.1f}M UNet params), batch {args.batch}, {args.image_size} px toy faces, "
+          f"vae {args.vae} -> latents {tuple(model.latent_shape)}, "
           f"precision {args.precision} for (b) and (c), compile={args.compile}, channels_last={args.channels_last}; "
           f"{device_name}; UNet training step {train_flops / 1e9:.1f} GFLOP\n")
     print("| loop | samples/s | vs (a) | UNet TFLOP/s | MFU | peak mem GiB |")

@@ -21,6 +21,15 @@ def test_fast_dev_run(train_cfg):
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
 
 
+def test_logger_none_trains(train_cfg, tmp_path):
+    # Not fast_dev_run: it swaps the loggers for a dummy and would hide a callback that needs one.
+    train_cfg.logger = None
+    train_cfg.trainer.max_steps = 1
+    metrics = train(train_cfg)
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+
+
 def test_unet_width_and_shape_follow_encoder_and_autoencoder(train_cfg):
     model = instantiate(train_cfg.model)
     assert model.unet.config.cross_attention_dim == model.text_encoder.embed_dim == 384

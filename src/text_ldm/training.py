@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from text_ldm.utils.checkpoint_io import AtomicCheckpointIO
-from text_ldm.utils.instantiate import instantiate_callbacks, instantiate_loggers
+from text_ldm.utils.instantiate import instantiate_callbacks, instantiate_loggers, without_logger_only_callbacks
 
 
 # The frozen text encoder and autoencoder are in eval mode on purpose.
@@ -63,8 +63,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=instantiate_callbacks(cfg.get("callbacks")),
-                                     logger=instantiate_loggers(cfg.get("logger")) or False,
+    loggers = instantiate_loggers(cfg.get("logger"))
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    if not loggers:
+        callbacks = without_logger_only_callbacks(callbacks)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                      plugins=[AtomicCheckpointIO()])
     # Before fit: callbacks (EMA) copy the module in their setup, and must copy the cast one.
     if hasattr(model, "cast_frozen"):
