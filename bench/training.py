@@ -132,7 +132,6 @@ def main() -> None:
     dm.prepare_data()  # latent cache: built once, outside the timing (that is the point of a cache)
     dm.setup("fit")
     cached = dm.datasets["train"]
-    captions = [read_captions(dm.layout.caption_path(i))[0] for i in cached.ids] if hasattr(cached, "ids") else None
     ids = dm.layout.collect("train")
     captions = [read_captions(dm.layout.caption_path(i))[0] for i in ids]
     images = CaptionedImages(ImageDataset(root, ids, args.image_size), captions)
