@@ -74,6 +74,22 @@ def test_min_snr_weights(model_for, prediction):
     assert model._loss_weights(t)[0] < 0.01 and model._loss_weights(t)[-1] > 0.9 * (1 if prediction == "epsilon" else 0)
 
 
+def test_logit_normal_timesteps_follow_their_distribution_and_validation_stays_uniform(model_for):
+    uniform = model_for()
+    logit = model_for("model.timestep_sampling.kind=logit_normal", "model.timestep_sampling.mean=0.5",
+                      "model.timestep_sampling.std=1.0")
+    draw = lambda m, kind=None: m.sample_timesteps(20000, "cpu", torch.Generator().manual_seed(0), kind)  # noqa: E731
+    t_uniform, t_logit = draw(uniform).float(), draw(logit).float()
+    assert 0 <= t_logit.min() and t_logit.max() <= 999
+    # The nearly clean end (t < 100) gets 10 % of uniform draws and about P(z < logit(0.1) - 0.5) = 1.1 % here.
+    assert abs((t_uniform < 100).float().mean() - 0.10) < 0.01 and (t_logit < 100).float().mean() < 0.02
+    # Median at T * sigmoid(mean) = 622.
+    assert abs(t_logit.median() - 622) < 15 and abs(t_uniform.median() - 500) < 15
+    assert torch.equal(draw(logit, "uniform"), draw(uniform))  # what validation_step asks for
+    with pytest.raises(Exception, match="timestep_sampling.kind='cubic'; choose one of"):
+        model_for("model.timestep_sampling.kind=cubic")
+
+
 def test_noise_offset_adds_per_channel_mean(model_for):
     plain_model, offset_model = model_for(), model_for("model.noise_offset=0.5")
     latents = torch.zeros(512, 3, 8, 8)

@@ -19,6 +19,7 @@ from text_ldm.utils.optim import configure_from_partials
 
 FROZEN_PREFIXES = ("text_encoder.", "autoencoder.")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
 # Lightning precision flag -> the dtype the frozen text encoder and autoencoder run in.
 FROZEN_DTYPES = {"bf16-mixed": torch.bfloat16, "bf16": torch.bfloat16, "bf16-true": torch.bfloat16,
                  "16-mixed": torch.float16, "16": torch.float16, "16-true": torch.float16}
@@ -44,7 +45,7 @@ class LatentDiffusion(L.LightningModule):
                  image_size: int, optimizer: dict | None = None, lr_scheduler: dict | None = None,
                  caption_dropout: float = 0.1, snr_gamma: float | None = None, preview: dict | None = None,
                  noise_offset: float = 0.0, gradient_checkpointing: bool = False, channels_last: bool = False,
-                 compile: bool | dict = False):
+                 compile: bool | dict = False, timestep_sampling: dict | None = None):
         super().__init__()
         self.save_hyperparameters({k: plain(v) for k, v in locals().items() if k not in ("self", "__class__")})
         self.text_encoder = instantiate(plain(text_encoder))
@@ -59,6 +60,10 @@ class LatentDiffusion(L.LightningModule):
             raise ValueError(f"model.noise_scheduler.prediction_type={self.noise_scheduler.config.prediction_type!r}; "
                              f"choose one of {PREDICTION_TYPES}")
         self.caption_dropout = float(caption_dropout)
+        self.timestep_sampling = {"kind": "uniform", "mean": 0.0, "std": 1.0, **(plain(timestep_sampling) or {})}
+        if self.timestep_sampling["kind"] not in TIMESTEP_SAMPLINGS:
+            raise ValueError(f"model.timestep_sampling.kind={self.timestep_sampling['kind']!r}; "
+                             f"choose one of {TIMESTEP_SAMPLINGS}")
         self.snr_gamma = snr_gamma
         self.noise_offset = float(noise_offset)
         self.channels_last = bool(channels_last)
@@ -107,11 +112,21 @@ class LatentDiffusion(L.LightningModule):
             return self.noise_scheduler.get_velocity(latents, noise, timesteps)
         return noise
 
-    def _diffusion_loss(self, latents, captions, generator=None) -> torch.Tensor:
+    def sample_timesteps(self, n: int, device, generator=None, kind: str | None = None) -> torch.Tensor:
+        """(n,) training timesteps. uniform: the classic recipe. logit_normal (Esser et al. 2024, SD3):
+        t = T * sigmoid(N(mean, std)), which spends fewer steps on the nearly clean end, where the
+        image already shows what the caption says and the text has little left to teach."""
+        num_steps = self.noise_scheduler.config.num_train_timesteps
+        if (kind or self.timestep_sampling["kind"]) == "uniform":
+            return torch.randint(0, num_steps, (n,), generator=generator, device=device)
+        z = torch.randn(n, generator=generator, device=device)
+        u = torch.sigmoid(z * self.timestep_sampling["std"] + self.timestep_sampling["mean"])
+        return (u * num_steps).long().clamp_(0, num_steps - 1)
+
+    def _diffusion_loss(self, latents, captions, generator=None, timestep_kind: str | None = None) -> torch.Tensor:
         context = self.text_encoder(captions).to(latents.dtype)
         noise = self._sample_noise(latents, generator)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                                  generator=generator, device=latents.device)
+        timesteps = self.sample_timesteps(latents.shape[0], latents.device, generator, timestep_kind)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         target = self._target(latents, noise, timesteps)
         per_sample = F.mse_loss(self(noisy, timesteps, context).float(), target.float(), reduction="none")
@@ -136,9 +151,10 @@ class LatentDiffusion(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        # Fixed noise and timesteps per batch, so the validation curve compares like with like.
+        # Fixed noise and uniform timesteps per batch, so validation curves compare like with like,
+        # across checkpoints and across timestep samplings.
         generator = torch.Generator(device=self.device).manual_seed(batch_idx)
-        loss = self._diffusion_loss(batch["latent"], batch["caption"], generator)
+        loss = self._diffusion_loss(batch["latent"], batch["caption"], generator, timestep_kind="uniform")
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["latent"].shape[0])
 
     def on_train_epoch_start(self) -> None:
