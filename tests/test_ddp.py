@@ -14,10 +14,10 @@ def test_ddp_on_two_cpu_processes(tmp_path, toy_root, tiny_vq_dir):
     overrides = [o for o in tiny_train_overrides(tmp_path, toy_root, tiny_vq_dir) if not o.startswith("paths.output_dir")]
     run_dir, probe = tmp_path / "run", tmp_path / "probe"
     cmd = [sys.executable, str(ROOT / "train.py"), *overrides, "trainer.devices=2", "trainer.strategy=ddp",
-           "trainer.max_epochs=2", "callbacks.image_logger.every_n_epochs=0", f"hydra.run.dir={run_dir}",
+           "trainer.max_epochs=2", "callbacks.image_logger.every_n_epochs=1", f"hydra.run.dir={run_dir}",
            "+callbacks.record._target_=probe_callbacks.RecordRank", f"+callbacks.record.out_dir={probe}"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     output = result.stdout + result.stderr
     assert result.returncode == 0, result.stderr[-4000:]
     assert "2 device(s)" in output
@@ -27,6 +27,10 @@ def test_ddp_on_two_cpu_processes(tmp_path, toy_root, tiny_vq_dir):
     # 32 training images, 8 per device, 2 devices: 2 optimiser steps per epoch.
     assert checkpoint["global_step"] == 4
     assert len(list(tmp_path.rglob("last.ckpt"))) == 1, "the second rank wrote its own output directory"
+    # The image logger samples on rank 0 only; trainer.log_dir is a collective, so asking for it on
+    # rank 0 alone used to hang the run at the first grid.
+    assert sorted(p.name for p in run_dir.rglob("images/samples_step*.png")) == ["samples_step000002.png",
+                                                                                "samples_step000004.png"]
 
     ranks = [torch.load(probe / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     for epoch in range(2):  # each epoch, the ranks' shards are disjoint and cover 32 images

@@ -1,11 +1,11 @@
 """Attribute fidelity during training: the evaluate.py metric, on a few held-out prompts, every N epochs."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
+from text_ldm.callbacks import shared_log_dir
 from text_ldm.data.celeba_layout import read_attributes
 from text_ldm.evaluation.app import sample_images, to_uint8
 from text_ldm.evaluation.attribute_classifier import ClassifierConfig, get_classifier, predict
@@ -42,9 +42,11 @@ class AttributeFidelityMonitor(L.Callback):
         self._classifier, _ = get_classifier(datamodule.root, names, rows, datamodule.layout.split_ids("train"),
                                              datamodule.image_size, self.classifier_config)
 
-    @rank_zero_only
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not self._due(trainer) or self._classifier is None:
+        if trainer.sanity_checking or not self._due(trainer):
+            return
+        log_dir = shared_log_dir(trainer)
+        if not trainer.is_global_zero or self._classifier is None:
             return
         datamodule = trainer.datamodule
         names, rows = read_attributes(datamodule.layout.attribute_path)
@@ -62,7 +64,7 @@ class AttributeFidelityMonitor(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         self.history.append((trainer.global_step, scores["mean"]))
-        out = Path(trainer.log_dir or trainer.default_root_dir) / "eval" / "attr_fidelity.png"
+        out = log_dir / "eval" / "attr_fidelity.png"
         line_plot(self.history, out, title=f"attribute fidelity, {len(prompts)} held-out prompts",
                   y_label="mean accuracy")
 

@@ -1,12 +1,11 @@
 """One callback renders the LightningModule's `log_images()` dict to PNG files and to the loggers."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
 
+from text_ldm.callbacks import shared_log_dir
 from text_ldm.utils.atomic import atomic_save_png
 from text_ldm.utils.grid import captioned_grid
 
@@ -20,12 +19,14 @@ class ImageLogger(L.Callback):
         self.images_per_prompt = int(images_per_prompt)
         self.max_prompts = int(max_prompts)
 
-    @rank_zero_only
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or self.every_n_epochs <= 0 or not hasattr(pl_module, "log_images"):
             return
         last_epoch = trainer.current_epoch + 1 >= (trainer.max_epochs or 0) > 0
         if (trainer.current_epoch + 1) % self.every_n_epochs and not last_epoch:
+            return
+        log_dir = shared_log_dir(trainer)
+        if not trainer.is_global_zero:
             return
         prompts = trainer.datamodule.preview_prompts()[: self.max_prompts]
         if not prompts:
@@ -36,7 +37,7 @@ class ImageLogger(L.Callback):
         for key, images in pl_module.log_images(repeated).items():
             rows = list(images.split(self.images_per_prompt))
             grid = captioned_grid(rows, prompts)
-            out = Path(trainer.log_dir or trainer.default_root_dir) / "images" / f"{key}_step{trainer.global_step:06d}.png"
+            out = log_dir / "images" / f"{key}_step{trainer.global_step:06d}.png"
             atomic_save_png(grid, out)
             self._to_loggers(trainer, key, grid)
         pl_module.train(was_training)
