@@ -1,7 +1,6 @@
 """Attribute fidelity during training: the evaluate.py metric, on a few held-out prompts, every N epochs."""
 from __future__ import annotations
 
-
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 

@@ -1,7 +1,6 @@
 """One callback renders the LightningModule's `log_images()` dict to PNG files and to the loggers."""
 from __future__ import annotations
 
-
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
