@@ -1,11 +1,16 @@
 """CelebADataModule: toy data generated on first use, latents + captions served from the cache."""
 from __future__ import annotations
 
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from conftest import IMAGE_SIZE
 from text_ldm.data.celeba_layout import read_captions
-from text_ldm.data.datamodule import CelebADataModule
+from text_ldm.data.datamodule import CelebADataModule, LatentCaptionDataset
+from text_ldm.data.latent_cache import LatentCache
 
 
 def _datamodule(tmp_path, vq_dir, **kwargs) -> CelebADataModule:
@@ -61,3 +66,35 @@ def test_bad_arguments_are_named(tmp_path, tiny_vq_dir):
         _datamodule(tmp_path, tiny_vq_dir, mode="pixels")
     with pytest.raises(ValueError, match="cache_dir"):
         _datamodule(tmp_path, tiny_vq_dir, cache_dir=None)
+
+
+def _caption_dataset(captions: list[list[str]], power: float) -> LatentCaptionDataset:
+    latents = np.zeros((len(captions), 3, 2, 2), np.float32)
+    cache = LatentCache(Path("unused"), [str(i) for i in range(len(captions))], latents, {})
+    return LatentCaptionDataset(cache, captions, seed=0, caption_length_power=power)
+
+
+def _draw_counts(dataset: LatentCaptionDataset, epochs: int) -> Counter:
+    counts = Counter()
+    for epoch in range(epochs):
+        dataset.set_epoch(epoch)
+        counts.update(dataset[i]["caption"] for i in range(len(dataset)))
+    return counts
+
+
+def test_caption_length_power_draws_long_captions_in_proportion():
+    short, long = "A man.", "The man has black hair and wears a hat. He is not smiling."  # 2 vs 13 words
+    captions = [[short, long]] * 50
+    uniform = _draw_counts(_caption_dataset(captions, 0.0), epochs=40)
+    weighted = _draw_counts(_caption_dataset(captions, 1.0), epochs=40)
+    assert abs(uniform[long] / 2000 - 0.5) < 0.05
+    assert abs(weighted[long] / 2000 - 13 / 15) < 0.03  # P(long) = 13 / (2 + 13)
+    again = _caption_dataset(captions, 1.0)
+    assert _draw_counts(again, epochs=40) == weighted  # still a pure function of (seed, epoch, index)
+
+
+def test_negative_caption_length_power_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="caption_length_power"):
+        _caption_dataset([["a b"]], -1.0)
+    with pytest.raises(ValueError, match="data.caption_length_power"):
+        _datamodule(tmp_path, None, caption_length_power=-0.5)

@@ -25,16 +25,26 @@ class LatentCaptionDataset(Dataset):
     """Item i: {"latent": (C, h, w) float32, "caption": str}.
 
     Training draws one of the image's captions per epoch, reproducibly: the choice depends only on
-    (seed, epoch, i), so a resumed run sees the same captions. `fixed_caption=True` always takes
-    the first one (validation).
+    (seed, epoch, i), so a resumed run sees the same captions. Caption j is drawn with probability
+    proportional to (its word count) ** `caption_length_power`: 0 is uniform; a larger power favours
+    the long captions, which state more facts, so facts that short captions leave out (often the
+    rare, negative ones) are seen more often. `fixed_caption=True` always takes the first one (validation).
     """
 
-    def __init__(self, cache: LatentCache, captions: list[list[str]], seed: int = 0, fixed_caption: bool = False):
+    def __init__(self, cache: LatentCache, captions: list[list[str]], seed: int = 0, fixed_caption: bool = False,
+                 caption_length_power: float = 0.0):
         if len(captions) != len(cache.ids):
             raise ValueError(f"{len(captions)} caption lists for {len(cache.ids)} latents")
+        if caption_length_power < 0:
+            raise ValueError(f"caption_length_power={caption_length_power} must be >= 0")
         self.latents = cache.latents  # memory-mapped: pages load on first touch, shared by workers
         self.captions = captions
         self.seed, self.epoch, self.fixed_caption = int(seed), 0, fixed_caption
+        self.caption_length_power = float(caption_length_power)
+        self._cumulative_weights = None
+        if self.caption_length_power > 0 and not fixed_caption:
+            self._cumulative_weights = [np.cumsum([len(c.split()) ** self.caption_length_power for c in item])
+                                        for item in captions]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -46,7 +56,11 @@ class LatentCaptionDataset(Dataset):
         if self.fixed_caption:
             return 0
         key = hashlib.blake2b(f"{self.seed}/{self.epoch}/{index}".encode(), digest_size=8).digest()
-        return int.from_bytes(key, "little") % len(self.captions[index])
+        draw = int.from_bytes(key, "little")
+        if self._cumulative_weights is None:
+            return draw % len(self.captions[index])
+        cumulative = self._cumulative_weights[index]
+        return int(np.searchsorted(cumulative, draw / 2**64 * cumulative[-1], side="right"))
 
     def __getitem__(self, index: int) -> dict:
         return {"latent": torch.from_numpy(np.array(self.latents[index], dtype=np.float32)),
@@ -61,14 +75,16 @@ class CelebADataModule(L.LightningDataModule):
     at a time, decoded by `cache_num_workers` workers), then serves (latent, caption).
     mode="images": serves images in [-1, 1] for training the autoencoder. `toy` (kwargs of
     build_toy_faces) generates the embedded toy-faces dataset at `root` on first use.
-    `on_missing` ("error" | "skip") governs ids without an image or caption, and corrupt images
+    `caption_length_power` weights the training caption draw towards long captions (see
+    LatentCaptionDataset). `on_missing` ("error" | "skip") governs ids without an image or caption, and corrupt images
     met while caching: one error naming the files and the count, or skip them with a count.
     """
 
     def __init__(self, root: str, image_size: int = 64, mode: str = "latents", batch_size: int = 64,
                  num_workers: int = 0, toy: dict[str, Any] | None = None, on_missing: str = "error",
                  cache_dir: str | None = None, autoencoder: dict[str, Any] | None = None,
-                 cache_batch_size: int = 64, cache_num_workers: int = 0, seed: int = 0, preview_count: int = 8):
+                 cache_batch_size: int = 64, cache_num_workers: int = 0, seed: int = 0, preview_count: int = 8,
+                 caption_length_power: float = 0.0):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"data.mode={mode!r}; choose one of {MODES}")
@@ -81,6 +97,9 @@ class CelebADataModule(L.LightningDataModule):
         self.autoencoder_config, self.cache_batch_size = plain(autoencoder), int(cache_batch_size)
         self.cache_num_workers = int(cache_num_workers)
         self.preview_count = int(preview_count)
+        self.caption_length_power = float(caption_length_power)
+        if self.caption_length_power < 0:
+            raise ValueError(f"data.caption_length_power={caption_length_power} must be >= 0 (0 draws uniformly)")
         self.layout = CelebALayout(self.root)
         if self.toy is None:
             # Fail in seconds, before train.py loads (or downloads) CLIP and the VAE, not after.
@@ -124,7 +143,8 @@ class CelebADataModule(L.LightningDataModule):
             else:
                 cache = self._cache(split, autoencoder)  # finds the cache prepare_data built
                 captions = [read_captions(self.layout.caption_path(i)) for i in cache.ids]
-                self.datasets[split] = LatentCaptionDataset(cache, captions, self.seed, fixed_caption=split == "test")
+                self.datasets[split] = LatentCaptionDataset(cache, captions, self.seed, fixed_caption=split == "test",
+                                                             caption_length_power=self.caption_length_power)
 
     def preview_prompts(self) -> list[str]:
         """The first caption of the first `preview_count` held-out images: fixed prompts for sample grids."""
