@@ -5,7 +5,9 @@
   (b) diffusers train_text_to_image: batched DataLoader, the VAE encodes the images every step,
       the text encoder runs every step;
   (c) ours: cached latents, memoised text embeddings, LatentDiffusion's loss at `--precision`; once
-      in the first epoch (every caption new: the memo misses) and once in later epochs (memo warm).
+      in the first epoch (every caption new: the memo misses) and once in later epochs (memo warm);
+      with `--ddp-procs N` (CPU) also as `experiment=demo` trains: N one-thread DDP processes sharing
+      the batch (bench/training_ddp.py), timed after the round robin.
 
 A step = data + text + (VAE) + UNet forward/backward + AdamW (no EMA, no logging, in every loop); the
 loops take turns step by step, so a busy machine slows all three alike.
@@ -13,6 +15,7 @@ UNet FLOPs come from torch.utils.flop_counter (training ~ 3x forward); MFU needs
 (`--peak-tflops`, e.g. 989 for H100 SXM bf16 dense), so it reads n/a on CPU.
 
     python bench/training.py [--model unet_tiny] [--batch 32] [--steps 6] [--precision 32-true|bf16-mixed]
+    python bench/training.py --ddp-procs 2   # 2-core CPU: adds the demo's two-process row
     # GPU, the real path's latent shape (3 x 64 x 64, as ldm-celebahq-256's VQ-f4 gives) without the hub:
     python bench/training.py --model unet_base --vae identity --image-size 64 --precision bf16-mixed --peak-tflops 989
 """
@@ -42,6 +45,7 @@ from text_ldm.data.image_dataset import ImageDataset  # noqa: E402
 from text_ldm.data.resumable import ResumableDataLoader  # noqa: E402
 from text_ldm.data.toy_faces import build_toy_faces  # noqa: E402
 from text_ldm.utils.config import plain  # noqa: E402
+from training_ddp import time_ddp_step  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 
 
 class CaptionedImages(Dataset):
@@ -111,7 +115,11 @@ def main() -> None:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--peak-tflops", type=float, default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--ddp-procs", type=int, default=0,
+                   help="CPU: also time (c) warm as N one-thread DDP processes (experiment=demo's recipe)")
     args = p.parse_args()
+    if args.ddp_procs and (torch.cuda.is_available() or args.precision != "32-true"):
+        p.error("--ddp-procs times the CPU recipe: fp32 on a machine without a GPU")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -128,7 +136,8 @@ def main() -> None:
     model = instantiate(cfg.model).to(device)
     model.cast_frozen(args.precision)
     init = copy.deepcopy(model.unet.state_dict())
-    dm = CelebADataModule(**{k: v for k, v in plain(cfg.data).items() if k != "_target_" and k != "_recursive_"})
+    data_kwargs = {k: v for k, v in plain(cfg.data).items() if k not in ("_target_", "_recursive_")}
+    dm = CelebADataModule(**data_kwargs)
     dm.prepare_data()  # latent cache: built once, outside the timing (that is the point of a cache)
     dm.setup("fit")
     cached = dm.datasets["train"]
@@ -201,6 +210,9 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats()
     seconds = timed_round_robin([seed_loop(), diffusers_loop(), our_loop(False), our_loop(True)],
                                 args.steps, args.warmup)
+    if args.ddp_procs:
+        names.append(f"(c) ours, warm, {args.ddp_procs} DDP processes x 1 thread")
+        seconds.append(time_ddp_step(plain(cfg.model), data_kwargs, args.batch, args.steps, args.warmup, args.ddp_procs))
     mem = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} (all loops)" if torch.cuda.is_available() else "n/a"
     rows = [(name, args.batch / sec, train_flops / sec / 1e12, mem) for name, sec in zip(names, seconds)]
     device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
@@ -215,6 +227,9 @@ def main() -> None:
         mfu = f"{100 * tflops / args.peak_tflops:.1f}%" if args.peak_tflops else "n/a"
         print(f"| {name} | {rate:.1f} | {rate / rows[0][1]:.2f}x | {tflops:.3f} | {mfu} | {mem} |")
     print(f"\nours (warm) vs (b): {rows[3][1] / rows[1][1]:.2f}x; ours (cold) vs (b): {rows[2][1] / rows[1][1]:.2f}x")
+    if args.ddp_procs:
+        print(f"ours ({args.ddp_procs} DDP processes) vs (a): {rows[4][1] / rows[0][1]:.2f}x, vs (b): "
+              f"{rows[4][1] / rows[1][1]:.2f}x (timed after the round robin, not interleaved with it)")
 
 
 if __name__ == "__main__":
