@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
+from diffusers import VQModel
 
 from conftest import IMAGE_SIZE, compose_config
 from text_ldm.data.celeba_layout import read_split
 from text_ldm.data.image_dataset import ImageDataset
+from text_ldm.lit.autoencoder import VQAutoencoderModule
 from text_ldm.models.autoencoder import FrozenAutoencoder
 from text_ldm.training import train
 
@@ -30,3 +33,22 @@ def test_train_and_export_toy_autoencoder(tmp_path, toy_root):
     images = torch.stack([ImageDataset(toy_root, ids, IMAGE_SIZE)[i]["image"] for i in range(len(ids))])
     assert abs(float(autoencoder.encode(images).std()) - 1.0) < 0.1
     assert autoencoder.decode(autoencoder.encode(images[:2])).shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
+
+
+def _tiny_vq(channels: list[int]) -> dict:
+    return {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 2,
+            "up_block_types": ["UpDecoderBlock2D"] * 2, "block_out_channels": channels, "layers_per_block": 1,
+            "latent_channels": 4, "num_vq_embeddings": 16, "vq_embed_dim": 4, "norm_num_groups": 4}
+
+
+def test_init_from_continues_from_saved_weights_and_rejects_other_shapes(tmp_path):
+    saved = VQModel(**_tiny_vq([8, 8]))
+    saved.to(torch.float16).save_pretrained(tmp_path / "vq")  # fp16, as export() ships it
+    optimizer = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
+    module = VQAutoencoderModule(vq=_tiny_vq([8, 8]), optimizer=optimizer, init_from=str(tmp_path / "vq"))
+    for (name, got), want in zip(module.model.state_dict().items(), saved.state_dict().values()):
+        assert got.dtype == torch.float32 and torch.equal(got, want.float()), name
+    fresh = VQAutoencoderModule(vq=_tiny_vq([8, 8]), optimizer=optimizer)
+    assert not torch.equal(fresh.model.encoder.conv_in.weight, module.model.encoder.conv_in.weight)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        VQAutoencoderModule(vq=_tiny_vq([8, 16]), optimizer=optimizer, init_from=str(tmp_path / "vq"))

@@ -23,15 +23,20 @@ class VQAutoencoderModule(L.LightningModule):
     After fitting, the latent scale is set so that the pre-quantisation latents of the training
     images have unit variance (recorded as the model config's `scaling_factor`), and the model is
     saved with `save_pretrained` to `export_dir`, in fp16 to keep the shipped file small.
+    `init_from` (a hub-layout VQModel directory with the same `vq` config, e.g. the shipped
+    artifacts/toy_vq) starts from those weights instead of random ones: continued training.
     batch: {"image": (B, 3, H, W) in [-1, 1]}.
     """
 
     def __init__(self, vq: dict, optimizer: dict, lr_scheduler: dict | None = None, export_dir: str | None = None,
                  quantize: bool = True, commit_weight: float = 1.0, train_crop: int | None = None,
-                 scale_batches: int = 16):
+                 scale_batches: int = 16, init_from: str | None = None):
         super().__init__()
         self.save_hyperparameters({k: plain(v) for k, v in locals().items() if k not in ("self", "__class__")})
         self.model = VQModel(**plain(vq))
+        if init_from:
+            # strict: a directory whose architecture differs from `vq` is an error, not a partial load
+            self.model.load_state_dict(VQModel.from_pretrained(init_from).float().state_dict())
 
     def _losses(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         latents = self.model.encode(images).latents
