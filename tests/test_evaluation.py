@@ -83,6 +83,8 @@ def test_generic_prompt_and_builder(toy_root):
     prompts = build_prompts(names, rows, test_ids, 3, seed=0)
     assert len(prompts) == 3 and len({p.text for p in prompts}) >= 1
     assert all(set(p.targets) <= set(names) for p in prompts)
+    assert len({p.source_id for p in prompts}) == 3 and {p.source_id for p in prompts} <= set(test_ids)
+    assert all(rows[p.source_id][name] == value for p in prompts for name, value in p.targets.items())
     with pytest.raises(ValueError, match="n_prompts"):
         build_prompts(names, rows, test_ids, len(test_ids) + 1)
 
@@ -143,8 +145,8 @@ def test_evaluate_end_to_end(train_cfg, tmp_path, toy_root, capsys):
                 "feature_extractor", "attribute_accuracy", "image_metrics", "clip_score", "prompts"):
         assert key in saved, key
     assert saved["n_prompts"] == 2 and saved["steps"] == 2 and saved["sampler"] == "ddim"
-    assert set(saved["attribute_accuracy"]) == {"ceiling", "reconstructions", "samples", "empty_prompt_floor",
-                                                "majority_floor"}
+    assert set(saved["attribute_accuracy"]) == {"ceiling", "prompt_rows", "reconstructions", "samples",
+                                                "empty_prompt_floor", "majority_floor"}
     gap = saved["reconstruction_gap"]["mean"]
     acc = saved["attribute_accuracy"]
     assert gap == pytest.approx(acc["ceiling"]["mean"] - acc["reconstructions"]["mean"])

@@ -17,6 +17,7 @@ from text_ldm.data.toy_faces import ATTRIBUTES, HAIR_COLOURS, caption_for
 class Prompt(NamedTuple):
     text: str
     targets: dict[str, bool]  # attribute -> expected value, only for attributes the text states
+    source_id: str | None = None  # the held-out row it was written from: its real image is the ideal sample
 
 
 def is_toy(names: Sequence[str]) -> bool:
@@ -67,4 +68,5 @@ def build_prompts(names: Sequence[str], rows: dict[str, dict[str, bool]], held_o
         raise ValueError(f"n_prompts={n_prompts} exceeds the {len(ids)} held-out rows with attributes")
     chosen = sorted(np.random.default_rng(seed).choice(len(ids), size=n_prompts, replace=False).tolist())
     toy = is_toy(names)
-    return [toy_prompt(rows[ids[j]]) if toy else generic_prompt(rows[ids[j]], names) for j in chosen]
+    return [(toy_prompt(rows[ids[j]]) if toy else generic_prompt(rows[ids[j]], names))._replace(source_id=ids[j])
+            for j in chosen]
