@@ -37,7 +37,7 @@ autoencoder: install
 demo: install $(AUTOENCODER)/config.json
 	$(PY) train.py experiment=demo $$(test -f $(DEMO_DIR)/checkpoints/last.ckpt && echo ckpt_path=$(DEMO_DIR)/checkpoints/last.ckpt)
 	$(PY) sample.py ckpt=$(DEMO_DIR)/checkpoints/last.ckpt prompts_file=conf/demo_prompts.txt \
-		num_images_per_prompt=4 guidance_scale=6.0 out_dir=$(DEMO_DIR)/samples hydra.run.dir=$(DEMO_DIR)/sample_run
+		num_images_per_prompt=4 guidance_scale=9.0 out_dir=$(DEMO_DIR)/samples hydra.run.dir=$(DEMO_DIR)/sample_run
 	@echo "demo grid: $(DEMO_DIR)/samples/grid.png"
 
 clean-demo:
