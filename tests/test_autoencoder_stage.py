@@ -52,3 +52,15 @@ def test_init_from_continues_from_saved_weights_and_rejects_other_shapes(tmp_pat
     assert not torch.equal(fresh.model.encoder.conv_in.weight, module.model.encoder.conv_in.weight)
     with pytest.raises(RuntimeError, match="size mismatch"):
         VQAutoencoderModule(vq=_tiny_vq([8, 16]), optimizer=optimizer, init_from=str(tmp_path / "vq"))
+
+
+def test_decoder_latent_noise_perturbs_training_decodes_only():
+    optimizer = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    noisy = VQAutoencoderModule(vq=_tiny_vq([8, 8]), optimizer=optimizer, quantize=False, decoder_latent_noise=0.5)
+    clean = VQAutoencoderModule(vq=_tiny_vq([8, 8]), optimizer=optimizer, quantize=False)
+    clean.model.load_state_dict(noisy.model.state_dict())
+    torch.manual_seed(0)
+    assert noisy._losses(images)["loss"] != clean._losses(images)["loss"]  # training mode: noise added
+    noisy.eval(), clean.eval()
+    assert noisy._losses(images)["loss"] == clean._losses(images)["loss"]  # validation: none

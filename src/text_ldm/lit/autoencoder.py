@@ -25,12 +25,15 @@ class VQAutoencoderModule(L.LightningModule):
     saved with `save_pretrained` to `export_dir`, in fp16 to keep the shipped file small.
     `init_from` (a hub-layout VQModel directory with the same `vq` config, e.g. the shipped
     artifacts/toy_vq) starts from those weights instead of random ones: continued training.
+    `decoder_latent_noise` (training only) adds Gaussian noise of that many latent standard deviations
+    before decoding, so the decoder learns to smooth small latent errors, such as a diffusion model's,
+    instead of drawing them as texture.
     batch: {"image": (B, 3, H, W) in [-1, 1]}.
     """
 
     def __init__(self, vq: dict, optimizer: dict, lr_scheduler: dict | None = None, export_dir: str | None = None,
                  quantize: bool = True, commit_weight: float = 1.0, train_crop: int | None = None,
-                 scale_batches: int = 16, init_from: str | None = None):
+                 scale_batches: int = 16, init_from: str | None = None, decoder_latent_noise: float = 0.0):
         super().__init__()
         self.save_hyperparameters({k: plain(v) for k, v in locals().items() if k not in ("self", "__class__")})
         self.model = VQModel(**plain(vq))
@@ -40,6 +43,8 @@ class VQAutoencoderModule(L.LightningModule):
 
     def _losses(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         latents = self.model.encode(images).latents
+        if self.training and self.hparams.decoder_latent_noise > 0:
+            latents = latents + self.hparams.decoder_latent_noise * latents.detach().std() * torch.randn_like(latents)
         out = self.model.decode(latents, force_not_quantize=not self.hparams.quantize)
         l1, mse = F.l1_loss(out.sample, images), F.mse_loss(out.sample, images)
         commit = out.commit_loss.mean() if out.commit_loss is not None else torch.zeros((), device=images.device)
