@@ -9,9 +9,11 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from text_ldm.data.celeba_layout import CelebALayout, read_captions
+from text_ldm.data.balance import attribute_balance_weights, combination_shares
+from text_ldm.data.celeba_layout import CelebALayout, read_attributes, read_captions
 from text_ldm.data.image_dataset import ImageDataset
 from text_ldm.data.latent_cache import LatentCache, build_latent_cache
 from text_ldm.data.resumable import ResumableDataLoader
@@ -76,7 +78,9 @@ class CelebADataModule(L.LightningDataModule):
     mode="images": serves images in [-1, 1] for training the autoencoder. `toy` (kwargs of
     build_toy_faces) generates the embedded toy-faces dataset at `root` on first use.
     `caption_length_power` weights the training caption draw towards long captions (see
-    LatentCaptionDataset). `on_missing` ("error" | "skip") governs ids without an image or caption, and corrupt images
+    LatentCaptionDataset). `balance_attributes` (names in the attribute file) makes training draw images
+    with weight (share of their combination of those attributes) ** -`balance_power` (data/balance.py);
+    empty keeps a plain shuffle. `on_missing` ("error" | "skip") governs ids without an image or caption, and corrupt images
     met while caching: one error naming the files and the count, or skip them with a count.
     """
 
@@ -84,7 +88,8 @@ class CelebADataModule(L.LightningDataModule):
                  num_workers: int = 0, toy: dict[str, Any] | None = None, on_missing: str = "error",
                  cache_dir: str | None = None, autoencoder: dict[str, Any] | None = None,
                  cache_batch_size: int = 64, cache_num_workers: int = 0, seed: int = 0, preview_count: int = 8,
-                 caption_length_power: float = 0.0):
+                 caption_length_power: float = 0.0, balance_attributes: list[str] | None = None,
+                 balance_power: float = 1.0):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"data.mode={mode!r}; choose one of {MODES}")
@@ -100,6 +105,13 @@ class CelebADataModule(L.LightningDataModule):
         self.caption_length_power = float(caption_length_power)
         if self.caption_length_power < 0:
             raise ValueError(f"data.caption_length_power={caption_length_power} must be >= 0 (0 draws uniformly)")
+        self.balance_attributes = list(balance_attributes or [])
+        self.balance_power = float(balance_power)
+        if not 0.0 <= self.balance_power <= 1.0:
+            raise ValueError(f"data.balance_power={balance_power} must be in [0, 1] (0: data frequencies, 1: all equal)")
+        if self.balance_attributes and mode != "latents":
+            raise ValueError("data.balance_attributes applies to mode=latents (stage 2) only")
+        self.train_weights = None
         self.layout = CelebALayout(self.root)
         if self.toy is None:
             # Fail in seconds, before train.py loads (or downloads) CLIP and the VAE, not after.
@@ -145,6 +157,21 @@ class CelebADataModule(L.LightningDataModule):
                 captions = [read_captions(self.layout.caption_path(i)) for i in cache.ids]
                 self.datasets[split] = LatentCaptionDataset(cache, captions, self.seed, fixed_caption=split == "test",
                                                              caption_length_power=self.caption_length_power)
+                if split == "train" and self.balance_attributes:
+                    self.train_weights = self._balance_weights(cache.ids)
+
+    def _balance_weights(self, ids: list[str]):
+        _, table = read_attributes(self.layout.attribute_path)
+        missing = [i for i in ids if i not in table]
+        if missing:
+            raise ValueError(f"data.balance_attributes: {len(missing)} training ids have no attribute row, e.g. {missing[:3]}")
+        rows = [table[i] for i in ids]
+        weights = attribute_balance_weights(rows, self.balance_attributes, self.balance_power)
+        lines = [f"{'/'.join(f'{a}={int(v)}' for a, v in zip(self.balance_attributes, combo))}: "
+                 f"{100 * data:.1f} % of images -> {100 * drawn:.1f} % of draws"
+                 for combo, (data, drawn) in combination_shares(rows, self.balance_attributes, weights).items()]
+        rank_zero_info(f"balanced sampling (power {self.balance_power:g}):\n  " + "\n  ".join(lines))
+        return weights
 
     def preview_prompts(self) -> list[str]:
         """The first caption of the first `preview_count` held-out images: fixed prompts for sample grids."""
@@ -159,7 +186,7 @@ class CelebADataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         # Resumable mid-epoch in the same order: Lightning saves and restores its position.
-        return ResumableDataLoader(self.datasets["train"], self.batch_size, seed=self.seed,
+        return ResumableDataLoader(self.datasets["train"], self.batch_size, seed=self.seed, weights=self.train_weights,
                                    num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:

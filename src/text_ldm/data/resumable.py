@@ -7,8 +7,9 @@ exactly the batches an uninterrupted run would have seen next.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
+import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -16,16 +17,33 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 class ResumableSampler(DistributedSampler):
     """DistributedSampler (one shard per rank, or the whole set on one process) whose next epoch can
     start after its first `skip` indices. Being a DistributedSampler, Lightning neither replaces it
-    nor wraps it under DDP, and calls its `set_epoch` every epoch."""
+    nor wraps it under DDP, and calls its `set_epoch` every epoch.
 
-    def __init__(self, dataset: Dataset, shuffle: bool = True, seed: int = 0):
+    `weights` (one per item, need not sum to 1) replaces the permutation by len(dataset) draws with
+    replacement, item i with probability weights[i] / sum(weights), still from (seed, epoch) alone;
+    the ranks take interleaved slices of the one draw, as DistributedSampler does of its permutation.
+    """
+
+    def __init__(self, dataset: Dataset, shuffle: bool = True, seed: int = 0,
+                 weights: Sequence[float] | None = None):
         distributed = dist.is_available() and dist.is_initialized()
         replicas, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
         super().__init__(dataset, num_replicas=replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
+        self.weights = None
+        if weights is not None:
+            self.weights = torch.as_tensor(weights, dtype=torch.float64)
+            if self.weights.shape != (len(dataset),) or not torch.isfinite(self.weights).all() \
+                    or (self.weights < 0).any() or self.weights.sum() <= 0:
+                raise ValueError(f"sampler weights must be {len(dataset)} finite non-negative numbers, not all zero")
         self.skip_epoch, self.skip = -1, 0
 
+    def _weighted_indices(self) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        draws = torch.multinomial(self.weights, self.total_size, replacement=True, generator=generator)
+        return draws[self.rank:self.total_size:self.num_replicas].tolist()
+
     def __iter__(self):
-        indices = list(super().__iter__())
+        indices = self._weighted_indices() if self.weights is not None else list(super().__iter__())
         if self.epoch == self.skip_epoch:  # only the epoch that was interrupted
             indices, self.skip_epoch = indices[self.skip:], -1
         return iter(indices)
@@ -39,8 +57,9 @@ class ResumableDataLoader(DataLoader):
     count equals the batches the trainer has consumed.
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, shuffle: bool = True, **kwargs: Any):
-        super().__init__(dataset, batch_size=batch_size, sampler=ResumableSampler(dataset, shuffle, seed),
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, shuffle: bool = True,
+                 weights: Sequence[float] | None = None, **kwargs: Any):
+        super().__init__(dataset, batch_size=batch_size, sampler=ResumableSampler(dataset, shuffle, seed, weights),
                          drop_last=True, **kwargs)
         self._served = 0
 
