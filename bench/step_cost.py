@@ -1,6 +1,9 @@
 """Where a demo training step's time goes: text encoding of fresh captions vs UNet forward+backward.
 
-    python bench/step_cost.py [batch=32] [max_length=32]
+    python bench/step_cost.py [batch=32] [max_length=32] [threads=2]
+(`make demo` runs batch 16 per process on one thread: `python bench/step_cost.py 16 32 1`.)
+Also times unet_demo with cross-attention at its 16 x 16 level (bench/demo_levers.md, E11), with and without
+the 16 x 16 self-attention, and without the 4 x 4 level's attention.
 Ratios are measured side by side in one process, so they hold on a busy machine too.
 """
 import sys
@@ -14,7 +17,7 @@ from pathlib import Path
 from text_ldm.models.unet import build_unet
 from text_ldm.utils.config import plain
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(sys.argv[3]) if len(sys.argv) > 3 else 2)
 batch = int(sys.argv[1]) if len(sys.argv) > 1 else 32
 max_length = int(sys.argv[2]) if len(sys.argv) > 2 else 32
 conf = str(Path("conf").resolve())
@@ -37,9 +40,18 @@ def timeit(fn, n=5):
 
 rows = [("text encoder, fresh captions", timeit(lambda: enc(caps[:batch])))]
 ctx = enc(caps[:batch])
-for name in ("unet_tiny", "unet_demo"):
+XATTN16 = ["model.unet.down_block_types=[CrossAttnDownBlock2D,CrossAttnDownBlock2D,CrossAttnDownBlock2D]",
+           "model.unet.up_block_types=[CrossAttnUpBlock2D,CrossAttnUpBlock2D,CrossAttnUpBlock2D]"]
+ONLY_CROSS = ["+model.unet.only_cross_attention=[true,false,false]"]
+NO_4X4 = ["model.unet.down_block_types=[CrossAttnDownBlock2D,CrossAttnDownBlock2D,DownBlock2D]",
+          "model.unet.up_block_types=[UpBlock2D,CrossAttnUpBlock2D,CrossAttnUpBlock2D]"]
+variants = {"unet_tiny": ["model=unet_tiny"], "unet_demo": ["model=unet_demo"],
+            "demo + 16x16 self+cross attn": ["model=unet_demo"] + XATTN16,
+            "demo + 16x16 cross-only (E11)": ["model=unet_demo"] + XATTN16 + ONLY_CROSS,
+            "E11 without 4x4 attn": ["model=unet_demo"] + NO_4X4 + ONLY_CROSS}
+for name, overrides in variants.items():
     with initialize_config_dir(conf, version_base="1.3"):
-        m = compose("train", overrides=[f"model={name}"]).model
+        m = compose("train", overrides=overrides).model
     unet = build_unet(plain(m.unet), 4, 16, 384)
     x = torch.randn(batch, 4, 16, 16)
     t = torch.randint(0, 1000, (batch,))
@@ -48,6 +60,6 @@ for name in ("unet_tiny", "unet_demo"):
         unet.zero_grad()
         unet(x, t, encoder_hidden_states=ctx).sample.square().mean().backward()
     rows.append((f"{name} fwd+bwd ({sum(p.numel() for p in unet.parameters())/1e6:.2f}M)", timeit(step)))
-print(f"{'part':40s} {'s/step':>8s}")
+print(f"{'part':44s} {'s/step':>8s}")
 for name, s in rows:
-    print(f"{name:40s} {s:8.3f}")
+    print(f"{name:44s} {s:8.3f}")
