@@ -13,6 +13,12 @@ from typing import Mapping, Sequence
 import numpy as np
 
 
+def check_balance_power(power: float) -> float:
+    if not 0.0 <= power <= 1.0:
+        raise ValueError(f"data.balance_power={power} must be in [0, 1] (0: data frequencies, 1: all equal)")
+    return float(power)
+
+
 def attribute_combinations(rows: Sequence[Mapping[str, bool]], attributes: Sequence[str]) -> list[tuple[bool, ...]]:
     """Each row's values of `attributes`, in that order. Names a missing attribute in the error."""
     if not attributes:
@@ -31,8 +37,7 @@ def attribute_balance_weights(rows: Sequence[Mapping[str, bool]], attributes: Se
     Under these weights a combination with share p is drawn in proportion to p ** (1 - power):
     power 1 draws every combination that occurs equally often, 0 keeps the data's frequencies.
     """
-    if not 0.0 <= power <= 1.0:
-        raise ValueError(f"data.balance_power={power} must be in [0, 1] (0: data frequencies, 1: all equal)")
+    power = check_balance_power(power)
     combos = attribute_combinations(rows, attributes)
     counts = Counter(combos)
     share = np.array([counts[c] / len(combos) for c in combos], dtype=np.float64)

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from text_ldm.data.balance import attribute_balance_weights, combination_shares
+from text_ldm.data.balance import attribute_balance_weights, check_balance_power, combination_shares
 from text_ldm.data.celeba_layout import CelebALayout, read_attributes, read_captions
 from text_ldm.data.image_dataset import ImageDataset
 from text_ldm.data.latent_cache import LatentCache, build_latent_cache
@@ -106,9 +106,7 @@ class CelebADataModule(L.LightningDataModule):
         if self.caption_length_power < 0:
             raise ValueError(f"data.caption_length_power={caption_length_power} must be >= 0 (0 draws uniformly)")
         self.balance_attributes = list(balance_attributes or [])
-        self.balance_power = float(balance_power)
-        if not 0.0 <= self.balance_power <= 1.0:
-            raise ValueError(f"data.balance_power={balance_power} must be in [0, 1] (0: data frequencies, 1: all equal)")
+        self.balance_power = check_balance_power(balance_power)  # fail before caching, not after
         if self.balance_attributes and mode != "latents":
             raise ValueError("data.balance_attributes applies to mode=latents (stage 2) only")
         self.train_weights = None
