@@ -46,6 +46,7 @@ ONLY_CROSS = ["+model.unet.only_cross_attention=[true,false,false]"]
 NO_4X4 = ["model.unet.down_block_types=[CrossAttnDownBlock2D,CrossAttnDownBlock2D,DownBlock2D]",
           "model.unet.up_block_types=[UpBlock2D,CrossAttnUpBlock2D,CrossAttnUpBlock2D]"]
 variants = {"unet_tiny": ["model=unet_tiny"], "unet_demo": ["model=unet_demo"],
+            "unet_demo, additive time/text (before E14)": ["model=unet_demo", "model.unet.resnet_time_scale_shift=default"],
             "demo + 16x16 self+cross attn": ["model=unet_demo"] + XATTN16,
             "demo + 16x16 cross-only (E11)": ["model=unet_demo"] + XATTN16 + ONLY_CROSS,
             "E11 without 4x4 attn": ["model=unet_demo"] + NO_4X4 + ONLY_CROSS}

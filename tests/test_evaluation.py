@@ -43,6 +43,27 @@ def test_classifier_is_cached_and_reused(toy_root, tmp_path, monkeypatch):
     assert torch.equal(model(x), again(x))
 
 
+@pytest.mark.parametrize("sigma_max", [0.0, 1.2])
+def test_classifier_training_blurs_half_the_images_within_the_range(sigma_max, monkeypatch):
+    """The judge must not learn that an attribute is sharp: half of each batch is blurred (bench/judge_robustness.py)."""
+    calls = []
+
+    def recording_blur(x, kernel_size, sigma):
+        calls.append((len(x), sigma))
+        return x
+
+    monkeypatch.setattr(ac, "gaussian_blur", recording_blur)
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    ac.train_classifier(images, torch.rand(64, 2) < 0.5, ac.ClassifierConfig(epochs=2, batch_size=16, width=4,
+                                                                              blur_sigma_max=sigma_max), progress=False)
+    if sigma_max == 0:
+        assert calls == []
+        return
+    assert len(calls) >= 6 and all(0.3 <= sigma <= sigma_max for _, sigma in calls)
+    assert 0.3 < sum(n for n, _ in calls) / 128 < 0.7
+    assert len({sigma for _, sigma in calls}) > 1
+
+
 def test_fingerprint_follows_train_ids_and_config():
     base = ac.fingerprint(ATTRIBUTES, ["0", "1", "2"], 64, TINY_CLF)
     assert base == ac.fingerprint(ATTRIBUTES, ["0", "1", "2"], 64, TINY_CLF)

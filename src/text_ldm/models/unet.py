@@ -1,9 +1,22 @@
 """Build the denoiser: diffusers UNet2DConditionModel sized by the `model` config group."""
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from diffusers import UNet2DConditionModel
+
+
+def unconditioned_widths(config: dict[str, Any]) -> list[int]:
+    """Block widths at which the ResNets cannot see the timestep or pooled-text embedding.
+
+    With diffusers' default `resnet_time_scale_shift`, the embedding is added per channel just before
+    a GroupNorm; at one channel per group that norm subtracts each channel's mean, i.e. the whole
+    embedding. `scale_shift` applies it after the norm instead, as a scale and a shift."""
+    if config.get("resnet_time_scale_shift", "default") != "default":
+        return []
+    groups = config.get("norm_num_groups", 32)
+    return [width for width in config.get("block_out_channels", ()) if width == groups]
 
 
 def build_unet(config: dict[str, Any], latent_channels: int, latent_size: int,
@@ -13,6 +26,10 @@ def build_unet(config: dict[str, Any], latent_channels: int, latent_size: int,
     for derived in ("in_channels", "out_channels", "sample_size", "cross_attention_dim"):
         if derived in config:
             raise ValueError(f"model.unet.{derived} is derived from the autoencoder / text encoder; remove it")
+    if blind := unconditioned_widths(config):
+        warnings.warn(f"model.unet: the {blind}-channel levels have one channel per GroupNorm group, which cancels the "
+                      "timestep and text embedding there; set model.unet.resnet_time_scale_shift=scale_shift "
+                      "or fewer norm_num_groups", stacklevel=2)
     return UNet2DConditionModel(in_channels=latent_channels, out_channels=latent_channels,
                                 sample_size=latent_size, cross_attention_dim=cross_attention_dim,
                                 **config)
