@@ -27,7 +27,8 @@ def build_unet(config: dict[str, Any], latent_channels: int, latent_size: int,
         if derived in config:
             raise ValueError(f"model.unet.{derived} is derived from the autoencoder / text encoder; remove it")
     if blind := unconditioned_widths(config):
-        warnings.warn(f"model.unet: the {blind}-channel levels have one channel per GroupNorm group, which cancels the "
+        widths = ", ".join(map(str, blind))
+        warnings.warn(f"model.unet: the {widths}-channel levels have one channel per GroupNorm group, which cancels the "
                       "timestep and text embedding there; set model.unet.resnet_time_scale_shift=scale_shift "
                       "or fewer norm_num_groups", stacklevel=2)
     return UNet2DConditionModel(in_channels=latent_channels, out_channels=latent_channels,
