@@ -45,7 +45,8 @@ class LatentDiffusion(L.LightningModule):
                  image_size: int, optimizer: dict | None = None, lr_scheduler: dict | None = None,
                  caption_dropout: float = 0.1, snr_gamma: float | None = None, preview: dict | None = None,
                  noise_offset: float = 0.0, gradient_checkpointing: bool = False, channels_last: bool = False,
-                 compile: bool | dict = False, timestep_sampling: dict | None = None):
+                 compile: bool | dict = False, timestep_sampling: dict | None = None,
+                 zero_init_time_proj: bool = False):
         super().__init__()
         self.save_hyperparameters({k: plain(v) for k, v in locals().items() if k not in ("self", "__class__")})
         self.text_encoder = instantiate(plain(text_encoder))
@@ -54,7 +55,8 @@ class LatentDiffusion(L.LightningModule):
         if image_size % factor:
             raise ValueError(f"image_size={image_size} is not divisible by the autoencoder's factor {factor}")
         self.latent_shape = (self.autoencoder.latent_channels, image_size // factor, image_size // factor)
-        self.unet = build_unet(plain(unet), self.latent_shape[0], self.latent_shape[1], self.text_encoder.embed_dim)
+        self.unet = build_unet(plain(unet), self.latent_shape[0], self.latent_shape[1], self.text_encoder.embed_dim,
+                               zero_init_time_proj=zero_init_time_proj)
         self.noise_scheduler = DDPMScheduler(**plain(noise_scheduler))
         if self.noise_scheduler.config.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"model.noise_scheduler.prediction_type={self.noise_scheduler.config.prediction_type!r}; "

@@ -5,6 +5,8 @@ import warnings
 from typing import Any
 
 from diffusers import UNet2DConditionModel
+from diffusers.models.resnet import ResnetBlock2D
+from torch import nn
 
 
 def unconditioned_widths(config: dict[str, Any]) -> list[int]:
@@ -19,8 +21,25 @@ def unconditioned_widths(config: dict[str, Any]) -> list[int]:
     return [width for width in config.get("block_out_channels", ()) if width == groups]
 
 
+def zero_init_time_projections(unet: UNet2DConditionModel) -> int:
+    """Start every scale-shift ResNet's embedding projection at zero: norm(h) * (1 + 0) + 0.
+
+    With `resnet_time_scale_shift: scale_shift` diffusers initialises `time_emb_proj` at random, so
+    each channel starts multiplied by a random (1 + scale) before the model has learned anything;
+    a zero start is the identity (as in ADM's and DiT's zero-initialised modulation). Returns the
+    number of projections reset."""
+    reset = 0
+    for block in unet.modules():
+        if isinstance(block, ResnetBlock2D) and block.time_embedding_norm == "scale_shift" \
+                and block.time_emb_proj is not None:
+            nn.init.zeros_(block.time_emb_proj.weight)
+            nn.init.zeros_(block.time_emb_proj.bias)
+            reset += 1
+    return reset
+
+
 def build_unet(config: dict[str, Any], latent_channels: int, latent_size: int,
-               cross_attention_dim: int) -> UNet2DConditionModel:
+               cross_attention_dim: int, zero_init_time_proj: bool = False) -> UNet2DConditionModel:
     """The latent shape and the text width come from the autoencoder and the text encoder, so they
     are never typed twice in configs and cannot disagree with them."""
     for derived in ("in_channels", "out_channels", "sample_size", "cross_attention_dim"):
@@ -31,6 +50,9 @@ def build_unet(config: dict[str, Any], latent_channels: int, latent_size: int,
         warnings.warn(f"model.unet: the {widths}-channel levels have one channel per GroupNorm group, which cancels the "
                       "timestep and text embedding there; set model.unet.resnet_time_scale_shift=scale_shift "
                       "or fewer norm_num_groups", stacklevel=2)
-    return UNet2DConditionModel(in_channels=latent_channels, out_channels=latent_channels,
+    unet = UNet2DConditionModel(in_channels=latent_channels, out_channels=latent_channels,
                                 sample_size=latent_size, cross_attention_dim=cross_attention_dim,
                                 **config)
+    if zero_init_time_proj and not zero_init_time_projections(unet):
+        raise ValueError("model.zero_init_time_proj=true needs model.unet.resnet_time_scale_shift=scale_shift")
+    return unet
