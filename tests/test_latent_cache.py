@@ -135,10 +135,12 @@ from text_ldm.data.latent_cache import build_latent_cache
 from text_ldm.models.autoencoder import FrozenAutoencoder
 root, vq_dir, cache_root, delay = sys.argv[1:5]
 ae = FrozenAutoencoder.from_pretrained(vq_dir, kind="vq")
-encode = ae.encode
-ae.encode = lambda images: time.sleep(float(delay)) or encode(images)  # a slow GPU: time to kill it mid-way
+encode, encoded = ae.encode, []
+# a slow GPU: time to kill it mid-way, or for a second process to collide with it
+ae.encode = lambda images: encoded.append(len(images)) or time.sleep(float(delay)) or encode(images)
 build_latent_cache(ImageDataset(root, read_split(root, "train"), %d), ae, cache_root, "train", batch_size=4,
                    progress=False)
+print("encoded", sum(encoded))
 """ % IMAGE_SIZE
 
 
@@ -165,7 +167,7 @@ def test_sigkill_during_caching_then_rerun_gives_identical_files(tmp_path, toy_r
     child.send_signal(signal.SIGKILL)
     assert child.wait(timeout=30) == -signal.SIGKILL, child.stderr.read().decode()[-2000:]
     assert 8 <= done < 32, f"the child was not caught half-way (done={done})"
-    assert not [p for p in cache_root.iterdir() if not p.name.endswith(".partial")]  # nothing looks finished
+    assert not [p for p in cache_root.iterdir() if not p.name.endswith((".partial", ".lock"))]  # nothing looks finished
 
     ae = FrozenAutoencoder.from_pretrained(str(tiny_vq_dir), kind="vq")
     dataset = _dataset(toy_root)
@@ -176,3 +178,21 @@ def test_sigkill_during_caching_then_rerun_gives_identical_files(tmp_path, toy_r
     resumed = build_latent_cache(dataset, ae, cache_root, "train", batch_size=4, progress=False)
     assert 0 < sum(encoded) <= 32 - done  # continued where the killed run stopped
     assert _file_hashes(resumed) == _file_hashes(reference)
+
+
+def test_two_processes_building_one_cache_at_once_share_it(tmp_path, toy_root, tiny_vq_dir):
+    """Two jobs of a parallel sweep start on the same missing cache: both succeed, the images are
+    encoded once, and the cache is byte-identical to a single process's."""
+    cache_root = tmp_path / "shared"
+    children = [subprocess.Popen([sys.executable, "-c", CHILD, str(toy_root), str(tiny_vq_dir), str(cache_root), "0.1",
+                                  str(torch.get_num_threads())], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                for _ in range(2)]
+    outputs = [child.communicate(timeout=240) for child in children]
+    for child, (_, err) in zip(children, outputs):
+        assert child.returncode == 0, err.decode()[-2000:]
+    counts = sorted(int(out.decode().split("encoded")[-1]) for out, _ in outputs)
+    assert counts == [0, 32]
+    ae = FrozenAutoencoder.from_pretrained(str(tiny_vq_dir), kind="vq")
+    reference = build_latent_cache(_dataset(toy_root), ae, tmp_path / "alone", "train", batch_size=4, progress=False)
+    shared = build_latent_cache(_dataset(toy_root), ae, cache_root, "train", batch_size=4, progress=False)
+    assert _file_hashes(shared) == _file_hashes(reference)

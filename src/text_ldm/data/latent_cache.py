@@ -6,7 +6,8 @@ a cache made by another VAE, scale, size or image list is never used: it simply 
 and a new one is built. Building happens in a `.partial` sibling that records progress after
 every batch; a killed build resumes there and the final rename is atomic. Rows are written
 before the progress record that counts them, so a kill at any instant loses at most one batch of
-work and the resumed cache is byte-identical to an uninterrupted one.
+work and the resumed cache is byte-identical to an uninterrupted one. A hidden `.<name>.lock` sibling
+lets one process build a given cache at a time; the others wait, then reuse it.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
@@ -99,6 +101,25 @@ def build_latent_cache(dataset: ImageDataset, autoencoder: FrozenAutoencoder, ca
     ae_fp = autoencoder.fingerprint()
     fingerprint = cache_fingerprint(ae_fp, dataset.image_size, dataset.ids)
     final = Path(cache_root) / f"{split}-{fingerprint[:16]}"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # Two jobs of a parallel sweep may want the same cache: one builds it, the other waits and reuses it
+    # (without the lock both would write the same .partial and the second rename would fail).
+    lock = FileLock(final.with_name(f".{final.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"[latent cache] another process is building {final}; waiting for it", flush=True)
+        lock.acquire()
+    try:
+        return _open_or_build(dataset, autoencoder, final, fingerprint, ae_fp, split, batch_size, device,
+                              progress, num_workers)
+    finally:
+        lock.release()
+
+
+def _open_or_build(dataset: ImageDataset, autoencoder: FrozenAutoencoder, final: Path, fingerprint: str,
+                   ae_fp: str, split: str, batch_size: int, device: str | torch.device, progress: bool,
+                   num_workers: int) -> LatentCache:
     if final.exists():
         try:
             cache = LatentCache.open(final)
