@@ -14,7 +14,7 @@ from fake_celebahq import one_thread  # noqa: F401  (autouse fixture)
 from fake_celebahq import write_fake_celebahq
 from text_ldm.data.celeba_layout import IMAGE_DIR, DatasetLayoutError
 from text_ldm.data.datamodule import CelebADataModule
-from text_ldm.data.image_dataset import reset_upscale_warning, to_tensor
+from text_ldm.data.image_dataset import collate_skipping_corrupt, reset_upscale_warning, to_tensor
 from text_ldm.data.latent_cache import LatentCache
 from text_ldm.models.autoencoder import FrozenAutoencoder
 
@@ -182,3 +182,36 @@ def test_entry_points_report_the_layout_error_in_one_message(tmp_path, capsys, m
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: dataset root not found: {absent}\nExpected dataset layout") and "Traceback" not in err
+
+
+def _image_batches(dm: CelebADataModule) -> tuple[list[str], list[str]]:
+    """(ids served by one training epoch of mode=images, warning messages raised meanwhile)."""
+    served = []
+    messages = _record(lambda: served.extend(i for batch in dm.train_dataloader() for i in batch["id"]))
+    return served, messages
+
+
+def test_stage1_images_mode_skips_corrupt_images_with_one_warning_each(root, tmp_path):
+    truncated, garbage = _corrupt_two_images(root)
+    dm = CelebADataModule(root=str(root), image_size=SIZE, mode="images", batch_size=2, on_missing="skip")
+    dm.prepare_data()
+    dm.setup("fit")
+    served, messages = _image_batches(dm)
+    assert sorted(served) == ["0", "1", "3", "5"]  # 6 training ids, the two corrupt ones left out
+    corrupt = [m for m in messages if "corrupt" in m]
+    assert len(corrupt) == 2 and any(str(truncated) in m for m in corrupt) and any(str(garbage) in m for m in corrupt)
+    served_again, messages = _image_batches(dm)
+    assert sorted(served_again) == sorted(served) and not [m for m in messages if "corrupt" in m]  # once per file
+    train = dm.datasets["train"]
+    all_corrupt = collate_skipping_corrupt([train.load(train.ids.index(i)) for i in ("2", "4")])
+    assert all_corrupt["image"].shape == (0, 3, SIZE, SIZE)  # the autoencoder skips such a step
+
+
+def test_stage1_images_mode_corrupt_image_error_names_the_file(root, tmp_path):
+    truncated, _ = _corrupt_two_images(root)
+    dm = CelebADataModule(root=str(root), image_size=SIZE, mode="images", batch_size=2)
+    dm.prepare_data()
+    dm.setup("fit")
+    with pytest.raises(DatasetLayoutError, match="data.on_missing=skip") as err:
+        _image_batches(dm)
+    assert "corrupt or unreadable image" in str(err.value)

@@ -25,7 +25,7 @@ def test_prepare_data_generates_toy_faces_and_caches_both_splits(tmp_path, tiny_
     dm = _datamodule(tmp_path, tiny_vq_dir)
     dm.prepare_data()
     assert len(list((tmp_path / "toy" / "CelebA-HQ-img").glob("*.png"))) == 16
-    assert {p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()} == {"train", "test"}
+    assert {p.name.split("-")[0] for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")} == {"train", "test"}
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["latent"].shape == (4, 3, IMAGE_SIZE // 4, IMAGE_SIZE // 4)

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from text_ldm.data.balance import attribute_balance_weights, check_balance_power, combination_shares
 from text_ldm.data.celeba_layout import CelebALayout, read_attributes, read_captions
-from text_ldm.data.image_dataset import ImageDataset
+from text_ldm.data.image_dataset import ImageDataset, collate_skipping_corrupt
 from text_ldm.data.latent_cache import LatentCache, build_latent_cache
 from text_ldm.data.resumable import ResumableDataLoader
 from text_ldm.data.toy_faces import build_toy_faces
@@ -81,7 +81,8 @@ class CelebADataModule(L.LightningDataModule):
     LatentCaptionDataset). `balance_attributes` (names in the attribute file) makes training draw images
     with weight (share of their combination of those attributes) ** -`balance_power` (data/balance.py);
     empty keeps a plain shuffle. `on_missing` ("error" | "skip") governs ids without an image or caption, and corrupt images
-    met while caching: one error naming the files and the count, or skip them with a count.
+    (met while caching, or in mode=images while training): one error naming the file(s), or skip them with a
+    count (caching) or one warning per file (mode=images).
     """
 
     def __init__(self, root: str, image_size: int = 64, mode: str = "latents", batch_size: int = 64,
@@ -149,7 +150,8 @@ class CelebADataModule(L.LightningDataModule):
         autoencoder = self._autoencoder() if self.mode == "latents" else None
         for split in ("train", "test"):
             if self.mode == "images":
-                self.datasets[split] = ImageDataset(self.root, self._split_ids(split), self.image_size)
+                self.datasets[split] = ImageDataset(self.root, self._split_ids(split), self.image_size,
+                                                    on_corrupt=self.on_missing)
             else:
                 cache = self._cache(split, autoencoder)  # finds the cache prepare_data built
                 captions = [read_captions(self.layout.caption_path(i)) for i in cache.ids]
@@ -180,12 +182,18 @@ class CelebADataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle, drop_last=shuffle,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          collate_fn=self._collate())
+
+    def _collate(self):
+        # Stage 1 meets corrupt images while training (stage 2 met them while caching, and left them out).
+        return collate_skipping_corrupt if self.mode == "images" and self.on_missing == "skip" else None
 
     def train_dataloader(self) -> DataLoader:
         # Resumable mid-epoch in the same order: Lightning saves and restores its position.
         return ResumableDataLoader(self.datasets["train"], self.batch_size, seed=self.seed, weights=self.train_weights,
-                                   num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+                                   num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                                   collate_fn=self._collate())
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)

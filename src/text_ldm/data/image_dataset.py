@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from text_ldm.data.celeba_layout import CelebALayout, DatasetLayoutError, load_image
 
@@ -83,3 +83,21 @@ class ImageDataset(Dataset):
 
 def corrupt_hint(error: str) -> str:
     return f"{error}; replace the file, or set data.on_missing=skip to leave such images out"
+
+
+_corrupt_warned: set[str] = set()
+
+
+def collate_skipping_corrupt(items: list[dict]) -> dict:
+    """collate_fn for stage 1 with `data.on_missing=skip`: leaves corrupt images (items whose "error"
+    is set, see ImageDataset) out of the batch, warning once per file and process. The batch may
+    come out smaller, or empty: "image" is then (0, 3, H, W) and the autoencoder skips the step."""
+    kept = [item for item in items if not item["error"]]
+    for item in items:
+        if item["error"] and item["error"] not in _corrupt_warned:
+            _corrupt_warned.add(item["error"])
+            warnings.warn(f"skipping {item['error']} (data.on_missing=skip)", stacklevel=2)
+    if kept:
+        return default_collate(kept)
+    image = items[0]["image"]
+    return {"image": image.new_empty((0, *image.shape)), "id": [], "upscaled": torch.zeros(0, dtype=torch.bool), "error": []}

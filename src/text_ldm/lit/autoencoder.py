@@ -59,12 +59,16 @@ class VQAutoencoderModule(L.LightningModule):
         top, left = (int(torch.randint(0, (size - crop) // factor + 1, ())) * factor for _ in range(2))
         return images[..., top:top + crop, left:left + crop]
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        if len(batch["image"]) == 0:  # every image of the batch was corrupt (data.on_missing=skip)
+            return None
         losses = self._losses(self._random_crop(batch["image"]))
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(batch["image"]))
         return losses["loss"]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        if len(batch["image"]) == 0:
+            return
         losses = self._losses(batch["image"])
         self.log_dict({f"val/{k}": v for k, v in losses.items()}, prog_bar=True, sync_dist=True,
                       batch_size=len(batch["image"]))
