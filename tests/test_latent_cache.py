@@ -196,3 +196,13 @@ def test_two_processes_building_one_cache_at_once_share_it(tmp_path, toy_root, t
     reference = build_latent_cache(_dataset(toy_root), ae, tmp_path / "alone", "train", batch_size=4, progress=False)
     shared = build_latent_cache(_dataset(toy_root), ae, cache_root, "train", batch_size=4, progress=False)
     assert _file_hashes(shared) == _file_hashes(reference)
+
+
+def test_a_new_build_names_the_older_caches_of_its_split(tmp_path, toy_root, capsys):
+    dataset = _dataset(toy_root)
+    old = build_latent_cache(dataset, _autoencoder(0.5), tmp_path, "train", progress=False)
+    assert "other cache" not in capsys.readouterr().out
+    new = build_latent_cache(dataset, _autoencoder(0.25), tmp_path, "train", progress=False)
+    out = capsys.readouterr().out
+    assert new.path != old.path and old.path.exists()  # kept: another config may still use it
+    assert "1 other cache(s) of split 'train'" in out and old.path.name in out

@@ -175,7 +175,19 @@ def _open_or_build(dataset: ImageDataset, autoencoder: FrozenAutoencoder, final:
         "latent_shape": list(shape[1:]), "dtype": "float32"})
     (partial / PROGRESS).unlink()
     os.replace(partial, final)
+    _mention_other_caches(final, split)
     return LatentCache.open(final)
+
+
+def _mention_other_caches(final: Path, split: str) -> None:
+    """Caches of another autoencoder, size or image list are never deleted (another config may still use
+    them), but a new build says how much disk the older ones of this split hold."""
+    others = [p for p in final.parent.glob(f"{split}-*") if p != final and p.is_dir()]
+    if others:
+        size = sum(f.stat().st_size for p in others for f in p.rglob("*") if f.is_file())
+        names = ", ".join(sorted(p.name for p in others))
+        print(f"[latent cache] {len(others)} other cache(s) of split {split!r} in {final.parent} hold "
+              f"{size / 2**20:.1f} MiB ({names}); delete those no config uses any more", flush=True)
 
 
 def _compact(path: Path, kept: list[int], chunk: int = 1024) -> None:
