@@ -200,8 +200,10 @@ def main() -> None:
     # forward holds every activation in fp32 and does not fit unet_base at batch 64 on an 80 GB GPU).
     latents = torch.randn(2, *model.latent_shape, device=device)
     context = model.text_encoder(captions[:2]).float()
+    # unet.forward, not model(...): on torch 2.11 a compiled UNet whose first call ran under this dispatch
+    # mode was evidently never compiled: the --compile rows before session 11 matched eager and compiled in no time
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(latents, torch.zeros(2, dtype=torch.long, device=device), context)
+        model.unet.forward(latents, torch.zeros(2, dtype=torch.long, device=device), encoder_hidden_states=context)
     train_flops = 3 * counter.get_total_flops() * args.batch / 2
 
     names = ["(a) seed-style loop", "(b) diffusers train_text_to_image", "(c) ours, first epoch (text memo cold)",

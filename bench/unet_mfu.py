@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch._dynamo
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
@@ -40,8 +41,10 @@ def train_flops_per_sample(model, device) -> float:
     every activation and does not fit unet_base); training ~ 3x forward."""
     latents = torch.randn(2, *model.latent_shape, device=device)
     context = model.text_encoder(CAPTIONS[:2]).float()
+    # unet.forward, not model(...): on torch 2.11 a compiled UNet whose first call ran under this dispatch
+    # mode was evidently never compiled (its rows matched eager and compiled in no time)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(latents, torch.zeros(2, dtype=torch.long, device=device), context)
+        model.unet.forward(latents, torch.zeros(2, dtype=torch.long, device=device), encoder_hidden_states=context)
     return 3 * counter.get_total_flops() / 2
 
 
@@ -60,9 +63,13 @@ def seconds_per_step(model, batch: int, precision: str, steps: int, warmup: int,
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    start = time.perf_counter()
     for _ in range(warmup):
         step()
     synchronize(device)
+    frames = torch._dynamo.utils.counters["frames"]
+    print(f"warm-up {time.perf_counter() - start:.1f} s; torch.compile frames: {dict(frames)}, graph breaks: "
+          f"{sum(torch._dynamo.utils.counters['graph_break'].values())}", file=sys.stderr, flush=True)
     start = time.perf_counter()
     for _ in range(steps):
         step()

@@ -107,3 +107,13 @@ def test_typing_a_derived_unet_width_is_a_config_error(train_cfg, key):
     # Hydra wraps errors raised while instantiating (InstantiationException); train.py unwraps them.
     with pytest.raises(Exception, match=re.escape(f"model.unet.{key} is derived from the autoencoder / text encoder")):
         instantiate(train_cfg.model)
+
+
+def test_unet_base_ldm_is_unet_base_in_the_ldm_attention_layout(tmp_path):
+    """Same widths as unet_base; no attention at the finest level; every head 64 channels wide."""
+    base = compose_config("train", ["model=unet_base", f"paths.root_dir={tmp_path}"]).model.unet
+    ldm = compose_config("train", ["model=unet_base_ldm", f"paths.root_dir={tmp_path}"]).model.unet
+    assert list(ldm.block_out_channels) == list(base.block_out_channels)
+    assert ldm.down_block_types[0] == "DownBlock2D" and ldm.up_block_types[-1] == "UpBlock2D"
+    assert all(kind.startswith("CrossAttn") for kind in [*ldm.down_block_types[1:], *ldm.up_block_types[:-1]])
+    assert [c // h for c, h in zip(ldm.block_out_channels, ldm.attention_head_dim)] == [64] * 4
