@@ -142,5 +142,18 @@ def test_resume_from_an_incompatible_config_lists_the_keys(train_cfg, tmp_path):
                                      "model.unet.block_out_channels=[16,16]", f"ckpt_path={last}",
                                      f"paths.output_dir={tmp_path / 'other'}"])
     with pytest.raises(ValueError, match=r"does not match the model its config builds \(\d+ mismatched keys\): "
-                                         r".*unet\.conv_in\.weight: checkpoint \(8, 3, 3, 3\) vs model \(16, 3, 3, 3\)"):
+                                         r".*unet\.conv_in\.weight: checkpoint \(8, 3, 3, 3\) vs model \(16, 3, 3, 3\)"
+                                         r".*trained with a different config \(unet\.block_out_channels: \[8, 16\] -> "
+                                         r"\[16, 16\]\).*make clean-demo"):
         train(other)
+
+    # Same shapes, another lr: the weights load, and the run is told what it changed.
+    from hydra.utils import instantiate
+
+    from text_ldm.utils.checkpoint_io import load_checkpoint
+
+    relearned = instantiate(compose_config("train", [*tiny_train_overrides(tmp_path, train_cfg.data.root,
+                                                                            train_cfg.vae.pretrained),
+                                                     "model.optimizer.lr=0.5"]).model)
+    with pytest.warns(UserWarning, match=r"differs from the checkpoint's: optimizer\.lr: 0\.0001 -> 0\.5$"):
+        relearned.on_load_checkpoint(load_checkpoint(last))

@@ -9,11 +9,12 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_warn
 
 from text_ldm.models.unet import build_unet
 from text_ldm.sampling.pipeline import generate
 from text_ldm.sampling.schedulers import make_sampler
-from text_ldm.utils.checkpoint_io import check_state_matches
+from text_ldm.utils.checkpoint_io import check_state_matches, config_changes
 from text_ldm.utils.config import plain
 from text_ldm.utils.optim import configure_from_partials
 
@@ -196,13 +197,20 @@ class LatentDiffusion(L.LightningModule):
         checkpoint["rng_states"] = _rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # A resumed run whose config changed since the checkpoint (a new recipe after `git pull`, say)
+        # is told what changed: as the reason when the weights no longer fit, as a warning when they do.
+        changes = config_changes(plain(checkpoint.get("hyper_parameters", {})), plain(dict(self.hparams)))
+        hint = ("; the checkpoint was trained with a different config (" + "; ".join(changes[:8]) +
+                "): start a fresh run (a new hydra.run.dir; for the demo, `make clean-demo`)") if changes else ""
         for state in _weight_states(checkpoint):
             for key, value in self.state_dict().items():
                 if key.startswith(FROZEN_PREFIXES):
                     state.setdefault(key, value)
             # Here, not only in sample.py: Lightning's resume (`ckpt_path=`) comes through this hook
             # too, and gets the same list of keys instead of load_state_dict's traceback.
-            check_state_matches(self.state_dict(), state)
+            check_state_matches(self.state_dict(), state, hint)
+        if changes:
+            rank_zero_warn("resuming with a config that differs from the checkpoint's: " + "; ".join(changes))
         self._rng_to_restore = checkpoint.get("rng_states")
 
 

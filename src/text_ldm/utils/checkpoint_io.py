@@ -50,10 +50,23 @@ def state_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Ten
     return problems
 
 
-def check_state_matches(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> None:
+def check_state_matches(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], hint: str = "") -> None:
     """ValueError listing (up to 12 of) the mismatched keys, e.g. a checkpoint whose UNet or text
-    encoder config differs from the model it is loaded into."""
+    encoder config differs from the model it is loaded into; `hint` is appended."""
     problems = state_mismatch(expected, found)
     if problems:
         shown = "; ".join(problems[:12]) + (f"; ... {len(problems) - 12} more" if len(problems) > 12 else "")
-        raise ValueError(f"this checkpoint does not match the model its config builds ({len(problems)} mismatched keys): {shown}")
+        raise ValueError(f"this checkpoint does not match the model its config builds ({len(problems)} mismatched "
+                         f"keys): {shown}{hint}")
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """`key: saved -> current` for every leaf that differs between two nested hyperparameter dicts."""
+    changes = []
+    for key in sorted(set(saved) | set(current), key=str):
+        old, new = saved.get(key, "<unset>"), current.get(key, "<unset>")
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += config_changes(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changes.append(f"{prefix}{key}: {old} -> {new}")
+    return changes
