@@ -3,10 +3,11 @@
 # as configured, with fewer and wider (64-d) attention heads, and without attention at the 64 x 64 level,
 # then compile / channels_last on the last. One process per row; rows land in $1 (default mfu.md) as they
 # finish, so a run stopped early keeps what it measured. Extra arguments go to every row (Hydra overrides).
+# ROW_TIMEOUT (s, default 420) bounds each row: compiling unet_base took over 150 s on an H200.
 set -u
 out=${1:-mfu.md}; shift || true
 py=${PYTHON:-python}
-run() { timeout "${ROW_TIMEOUT:-240}" "$py" bench/unet_mfu.py --model unet_base --precision bf16-mixed --peak-tflops 989 \
+run() { timeout "${ROW_TIMEOUT:-420}" "$py" bench/unet_mfu.py --model unet_base --precision bf16-mixed --peak-tflops 989 \
           --append "$out" "$@" || echo "row failed or timed out: $*" | tee -a "$out"; }
 wide="model.unet.attention_head_dim=[4,6,8,12]"
 no64="model.unet.down_block_types=[DownBlock2D,CrossAttnDownBlock2D,CrossAttnDownBlock2D,CrossAttnDownBlock2D]
