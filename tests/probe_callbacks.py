@@ -39,3 +39,36 @@ class RecordRank(Callback):
 
         os.makedirs(self.out_dir, exist_ok=True)
         torch.save({"seen": self.seen, "unet": self.state}, os.path.join(self.out_dir, f"rank{trainer.global_rank}.pt"))
+
+
+class SigtermAtStep(Callback):
+    """Raises Lightning's SIGTERMException (what a SLURM preemption turns into) when optimiser step `step`
+    is about to start, in-process: the interrupt checkpoint is written, then the fit raises."""
+
+    def __init__(self, step: int):
+        self.step = int(step)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if trainer.global_step == self.step:
+            raise SIGTERMException()
+
+
+class FakeTime(Callback):
+    """A deterministic wall clock for TrainingTimeBudget: every training batch of this process "takes"
+    `seconds_per_batch` (times `1 + rank * rank_slowdown`, to give DDP ranks different speeds). Add it as
+    a callback and give the budget `clock: {_target_: probe_callbacks.fake_now, _partial_: true}`."""
+
+    now = 0.0
+
+    def __init__(self, seconds_per_batch: float, rank_slowdown: float = 0.0):
+        FakeTime.now = 0.0
+        self.seconds_per_batch, self.rank_slowdown = float(seconds_per_batch), float(rank_slowdown)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        FakeTime.now += self.seconds_per_batch * (1 + trainer.global_rank * self.rank_slowdown)
+
+
+def fake_now() -> float:
+    return FakeTime.now

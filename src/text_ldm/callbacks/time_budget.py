@@ -1,0 +1,95 @@
+"""Fit training into a wall-time budget without cutting the LR schedule short."""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+
+class TrainingTimeBudget(Callback):
+    """Trains for at most about `minutes` of wall time (null: off), by re-planning the epoch count.
+
+    At each epoch end rank 0 measures the seconds per optimiser step over the last `window` epochs
+    (validation, previews and checkpoints included), works out how many more whole epochs fit in the time
+    left, and broadcasts the plan; every rank then lowers `max_epochs` to it (never above the configured
+    one) and moves the end of a re-plannable LR schedule (`utils/optim.WarmupCosine`) to the plan's last
+    step. A slow machine so gets a shorter schedule that still decays to its end, where Lightning's
+    `max_time` would stop mid-schedule with the LR still high. The time used, the plan and the recent
+    timings are saved in the checkpoint: a killed and resumed run keeps the same budget, and a run the
+    budget ended is not trained further on resume. `clock` is for tests.
+    """
+
+    def __init__(self, minutes: float | None = None, window: int = 3, clock: Callable[[], float] = time.monotonic):
+        if minutes is not None and not minutes > 0:
+            raise ValueError(f"callbacks.time_budget.minutes={minutes} must be > 0 (or null: no budget)")
+        if window < 1:
+            raise ValueError(f"callbacks.time_budget.window={window} must be >= 1 epoch")
+        self.budget_s = None if minutes is None else 60.0 * float(minutes)
+        self.window, self.clock = int(window), clock
+        self.used_s = 0.0  # training seconds so far, earlier (killed) runs of this job included
+        self.recent: list[list[float]] = []  # [seconds, optimiser steps] of the last `window` epochs
+        self.planned_epochs: int | None = None
+        self._mark: tuple[float, int] | None = None
+        self._configured_epochs: int | None = None
+        self._warned_schedule = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.budget_s is None:
+            return
+        self._configured_epochs = trainer.fit_loop.max_epochs
+        if self._configured_epochs is None or self._configured_epochs < 0:
+            raise ValueError("callbacks.time_budget plans epochs: set trainer.max_epochs (the most the run may take)")
+        if self.planned_epochs is not None:  # resumed: the saved plan holds (the schedule's end was saved too)
+            trainer.fit_loop.max_epochs = min(self._configured_epochs, self.planned_epochs)
+        self._mark = (self.clock(), trainer.global_step)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.budget_s is None or self._mark is None:
+            return
+        now, (then, step_then) = self.clock(), self._mark
+        self._mark = (now, trainer.global_step)
+        self.used_s += now - then
+        self.recent = (self.recent + [[now - then, trainer.global_step - step_then]])[-self.window:]
+        epochs_done = trainer.current_epoch + 1
+        steps_per_epoch = trainer.global_step / epochs_done
+        seconds, steps = map(sum, zip(*self.recent))
+        epoch_s = seconds / max(steps, 1) * steps_per_epoch
+        more = max(0, math.floor((self.budget_s - self.used_s) / epoch_s)) if epoch_s > 0 else 0
+        plan = trainer.strategy.broadcast(min(self._configured_epochs, epochs_done + more), src=0)
+        if plan == self.planned_epochs:
+            return
+        self.planned_epochs = plan
+        trainer.fit_loop.max_epochs = plan
+        last_step = round(plan * steps_per_epoch)
+        if trainer.max_steps > 0:
+            last_step = min(last_step, trainer.max_steps)
+        replanned = self._replan_schedules(trainer, last_step)
+        rank_zero_info(
+            f"time budget {self.budget_s / 60:g} min: {self.used_s:.0f} s used, about {epoch_s:.0f} s an epoch -> "
+            f"{plan} of {self._configured_epochs} epochs" + (f"; the LR schedule now ends at step {last_step}"
+                                                             if replanned else ""))
+
+    def _replan_schedules(self, trainer: L.Trainer, last_step: int) -> bool:
+        replanned = False
+        for config in trainer.lr_scheduler_configs:
+            lambdas = [fn for fn in getattr(config.scheduler, "lr_lambdas", []) if hasattr(fn, "replan")]
+            for fn in lambdas:
+                fn.replan(last_step)
+            replanned |= bool(lambdas)
+            if not lambdas and not self._warned_schedule:
+                self._warned_schedule = True
+                rank_zero_warn(f"time budget: {type(config.scheduler).__name__} cannot be re-planned; if it depends on the "
+                               "run's length it will not end where the shortened run does (warmup_cosine can)")
+        return replanned
+
+    def state_dict(self) -> dict:
+        return {"used_s": self.used_s, "recent": self.recent, "planned_epochs": self.planned_epochs}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.used_s = float(state_dict.get("used_s", 0.0))
+        self.recent = [list(r) for r in state_dict.get("recent", [])]
+        self.planned_epochs = state_dict.get("planned_epochs")

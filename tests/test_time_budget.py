@@ -1,0 +1,121 @@
+"""`callbacks.time_budget.minutes`: the run is shortened to fit, the LR schedule still ends with it, and
+a resumed run keeps the budget. Time is faked (probe_callbacks.FakeTime: each batch "takes" 2.5 s), so
+the plans are exact."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from conftest import ROOT, compose_config, tiny_train_overrides
+from text_ldm.callbacks.time_budget import TrainingTimeBudget
+from text_ldm.training import train
+from text_ldm.utils.checkpoint_io import load_checkpoint
+from text_ldm.utils.optim import warmup_cosine_schedule
+
+# 32 images at batch 8: 4 steps per epoch; at 2.5 s a batch an epoch is 10 s, so 30 s hold 3 of the 6 epochs.
+FAKE_TIME = ["+callbacks.fake_time._target_=probe_callbacks.FakeTime", "+callbacks.fake_time.seconds_per_batch=2.5",
+             "+callbacks.time_budget.clock._target_=probe_callbacks.fake_now", "+callbacks.time_budget.clock._partial_=true"]
+BUDGET = ["callbacks.time_budget.minutes=0.5", "trainer.max_epochs=6", "model/lr_scheduler=warmup_cosine",
+          "model.lr_scheduler.num_warmup_steps=2", "trainer.limit_val_batches=0", "callbacks.model_checkpoint.monitor=null",
+          "callbacks.image_logger.every_n_epochs=0"]
+
+
+def _lrs(scheduler, steps: int) -> list[float]:
+    lrs = []
+    for _ in range(steps):
+        lrs.append(scheduler.optimizer.param_groups[0]["lr"])
+        scheduler.optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def _sgd():
+    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+
+
+def test_warmup_cosine_is_diffusers_schedule_with_a_movable_saved_end():
+    ours, theirs = warmup_cosine_schedule(_sgd(), 10, 100), get_cosine_schedule_with_warmup(_sgd(), 10, 100)
+    assert _lrs(ours, 100) == pytest.approx(_lrs(theirs, 100), abs=1e-12)
+
+    moved = warmup_cosine_schedule(_sgd(), 10, 100)
+    _lrs(moved, 30)
+    moved.lr_lambdas[0].replan(60)
+    assert _lrs(moved, 31)[-1] == pytest.approx(0.0, abs=1e-12)  # the LR at step 60: the schedule's new end
+    resumed = warmup_cosine_schedule(_sgd(), 10, 100)  # as configure_optimizers builds it on resume
+    resumed.load_state_dict(moved.state_dict())
+    assert resumed.lr_lambdas[0].num_training_steps == 60
+
+
+def test_bad_budgets_are_refused():
+    with pytest.raises(ValueError, match="minutes=0"):
+        TrainingTimeBudget(minutes=0)
+    with pytest.raises(ValueError, match="window"):
+        TrainingTimeBudget(minutes=1, window=0)
+
+
+def _budget_cfg(tmp_path, toy_root, tiny_vq_dir, run: str, *extra: str):
+    cfg = compose_config("train", tiny_train_overrides(tmp_path, toy_root, tiny_vq_dir) + BUDGET + FAKE_TIME + list(extra))
+    cfg.paths.output_dir = str(tmp_path / run)
+    return cfg
+
+
+def _end_state(path) -> tuple[int, int, float, dict]:
+    checkpoint = load_checkpoint(path)
+    schedule = checkpoint["lr_schedulers"][0]
+    budget = next(v for k, v in checkpoint["callbacks"].items() if k.startswith("TrainingTimeBudget"))
+    return checkpoint["global_step"], schedule["lr_lambdas"][0]["num_training_steps"], schedule["_last_lr"][0], budget
+
+
+def test_budget_shortens_the_run_and_the_schedule_ends_with_it(tmp_path, toy_root, tiny_vq_dir, caplog):
+    with caplog.at_level("INFO"):
+        train(_budget_cfg(tmp_path, toy_root, tiny_vq_dir, "straight"))
+    step, schedule_end, last_lr, budget = _end_state(tmp_path / "straight" / "checkpoints" / "last.ckpt")
+    assert step == 12 and schedule_end == 12, "3 epochs of 4 steps fit in 30 s, not the configured 6"
+    assert last_lr == 0.0  # the cosine reached its end: the run was not cut mid-schedule
+    assert budget["planned_epochs"] == 3 and budget["used_s"] == pytest.approx(30.0)
+    assert "3 of 6 epochs" in caplog.text
+
+    # Resuming a run the budget ended trains nothing more (the plan is in the checkpoint).
+    again = _budget_cfg(tmp_path, toy_root, tiny_vq_dir, "straight")
+    again.ckpt_path = str(tmp_path / "straight" / "checkpoints" / "last.ckpt")
+    train(again)
+    assert load_checkpoint(again.ckpt_path)["global_step"] == 12
+
+
+def test_preempted_run_resumes_with_the_time_it_had_left(tmp_path, toy_root, tiny_vq_dir):
+    first = _budget_cfg(tmp_path, toy_root, tiny_vq_dir, "preempted", "+callbacks.stop._target_=probe_callbacks.SigtermAtStep",
+                        "+callbacks.stop.step=6")
+    with pytest.raises(SIGTERMException):
+        train(first)
+    saved = tmp_path / "preempted" / "checkpoints" / "last.ckpt"
+    assert load_checkpoint(saved)["global_step"] == 6
+    resumed = _budget_cfg(tmp_path, toy_root, tiny_vq_dir, "preempted")
+    resumed.ckpt_path = str(saved)
+    train(resumed)
+    step, schedule_end, last_lr, budget = _end_state(saved)
+    # Epoch 0's 10 s came with the checkpoint; without them the resumed run would plan 4 epochs.
+    assert (step, schedule_end, last_lr, budget["planned_epochs"]) == (12, 12, 0.0, 3)
+
+
+@pytest.mark.slow
+def test_ddp_ranks_follow_rank_zeros_plan(tmp_path, toy_root, tiny_vq_dir):
+    """Rank 1 runs 3x slower than rank 0 and on its own would stop after 1 epoch; a rank leaving the loop
+    early would leave the other waiting in the gradient all-reduce, so both must follow rank 0's plan."""
+    overrides = [o for o in tiny_train_overrides(tmp_path, toy_root, tiny_vq_dir) if not o.startswith("paths.output_dir")]
+    run_dir = tmp_path / "ddp"
+    cmd = [sys.executable, str(ROOT / "train.py"), *overrides, *BUDGET, *FAKE_TIME, "callbacks.time_budget.minutes=0.25",
+           "+callbacks.fake_time.rank_slowdown=2.0", "trainer.devices=2", "trainer.strategy=ddp", "trainer.max_epochs=4",
+           f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    # 2 steps per epoch per rank at 2.5 s (rank 0): 5 s an epoch, so 15 s hold 3 of the 4 epochs.
+    step, schedule_end, last_lr, budget = _end_state(run_dir / "checkpoints" / "last.ckpt")
+    assert (step, schedule_end, last_lr, budget["planned_epochs"]) == (6, 6, 0.0, 3)
+    assert "3 of 4 epochs" in result.stdout + result.stderr
