@@ -33,9 +33,11 @@ autoencoder: install
 	$(AE_TRAIN)
 	$(AE_TRAIN) $(AE_CONTINUE)
 
-# A killed demo resumes from its last checkpoint; a finished one only re-samples.
+# A killed demo resumes from its last checkpoint; a finished one only re-samples. DEMO_ARGS: extra
+# overrides, e.g. DEMO_ARGS=callbacks.time_budget.minutes=null trains all 16 epochs however long they take.
+DEMO_ARGS ?=
 demo: install $(AUTOENCODER)/config.json
-	$(PY) train.py experiment=demo $$(test -f $(DEMO_DIR)/checkpoints/last.ckpt && echo ckpt_path=$(DEMO_DIR)/checkpoints/last.ckpt)
+	$(PY) train.py experiment=demo $(DEMO_ARGS) $$(test -f $(DEMO_DIR)/checkpoints/last.ckpt && echo ckpt_path=$(DEMO_DIR)/checkpoints/last.ckpt)
 	$(PY) sample.py ckpt=$(DEMO_DIR)/checkpoints/last.ckpt prompts_file=conf/demo_prompts.txt \
 		num_images_per_prompt=4 guidance_scale=9.0 out_dir=$(DEMO_DIR)/samples hydra.run.dir=$(DEMO_DIR)/sample_run
 	@echo "demo grid: $(DEMO_DIR)/samples/grid.png"

@@ -87,6 +87,15 @@ def test_budget_shortens_the_run_and_the_schedule_ends_with_it(tmp_path, toy_roo
     train(again)
     assert load_checkpoint(again.ckpt_path)["global_step"] == 12
 
+    # With the budget off it goes on to the configured 6 epochs, and the schedule's end moves back there.
+    longer = _budget_cfg(tmp_path, toy_root, tiny_vq_dir, "straight", "callbacks.time_budget.minutes=null")
+    longer.ckpt_path = again.ckpt_path
+    with caplog.at_level("INFO"):
+        train(longer)
+    step, schedule_end, last_lr, _ = _end_state(longer.ckpt_path)
+    assert (step, schedule_end, last_lr) == (24, 24, 0.0)
+    assert "budget off: the saved plan of 3 epochs no longer holds" in caplog.text
+
 
 def test_preempted_run_resumes_with_the_time_it_had_left(tmp_path, toy_root, tiny_vq_dir):
     first = _budget_cfg(tmp_path, toy_root, tiny_vq_dir, "preempted", "+callbacks.stop._target_=probe_callbacks.SigtermAtStep",

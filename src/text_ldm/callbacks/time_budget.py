@@ -20,7 +20,8 @@ class TrainingTimeBudget(Callback):
     step. A slow machine so gets a shorter schedule that still decays to its end, where Lightning's
     `max_time` would stop mid-schedule with the LR still high. The time used, the plan and the recent
     timings are saved in the checkpoint: a killed and resumed run keeps the same budget, and a run the
-    budget ended is not trained further on resume. `clock` is for tests.
+    budget ended is not trained further on resume (unless resumed with the budget off or changed: then the
+    schedule's end moves back to the configured epochs). `clock` is for tests.
     """
 
     def __init__(self, minutes: float | None = None, window: int = 3, clock: Callable[[], float] = time.monotonic):
@@ -33,19 +34,34 @@ class TrainingTimeBudget(Callback):
         self.used_s = 0.0  # training seconds so far, earlier (killed) runs of this job included
         self.recent: list[list[float]] = []  # [seconds, optimiser steps] of the last `window` epochs
         self.planned_epochs: int | None = None
+        self._saved_budget_s = self.budget_s  # the budget the checkpoint's plan was made under
         self._mark: tuple[float, int] | None = None
         self._configured_epochs: int | None = None
         self._warned_schedule = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._configured_epochs = trainer.fit_loop.max_epochs
+        if self.budget_s is not None and (self._configured_epochs is None or self._configured_epochs < 0):
+            raise ValueError("callbacks.time_budget plans epochs: set trainer.max_epochs (the most the run may take)")
+        if self.planned_epochs is not None and self._saved_budget_s != self.budget_s:
+            self._drop_saved_plan(trainer)
         if self.budget_s is None:
             return
-        self._configured_epochs = trainer.fit_loop.max_epochs
-        if self._configured_epochs is None or self._configured_epochs < 0:
-            raise ValueError("callbacks.time_budget plans epochs: set trainer.max_epochs (the most the run may take)")
         if self.planned_epochs is not None:  # resumed: the saved plan holds (the schedule's end was saved too)
             trainer.fit_loop.max_epochs = min(self._configured_epochs, self.planned_epochs)
         self._mark = (self.clock(), trainer.global_step)
+
+    def _drop_saved_plan(self, trainer: L.Trainer) -> None:
+        """Resumed with the budget off or changed: the run may go on to the configured epochs again (the next
+        epoch end re-plans under a new budget), so the LR schedule's end moves back to theirs."""
+        saved, self.planned_epochs = self.planned_epochs, None
+        if self.budget_s is None:
+            self.used_s, self.recent = 0.0, []
+        if self._configured_epochs is not None and 0 <= saved < self._configured_epochs:
+            last_step = self._configured_epochs * math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+            self._replan_schedules(trainer, last_step)
+            rank_zero_info(f"time budget {'off' if self.budget_s is None else f'now {self.budget_s / 60:g} min'}: the "
+                           f"saved plan of {saved} epochs no longer holds; the LR schedule ends at step {last_step} again")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.budget_s is None or self._mark is None:
@@ -87,9 +103,11 @@ class TrainingTimeBudget(Callback):
         return replanned
 
     def state_dict(self) -> dict:
-        return {"used_s": self.used_s, "recent": self.recent, "planned_epochs": self.planned_epochs}
+        return {"budget_s": self.budget_s, "used_s": self.used_s, "recent": self.recent,
+                "planned_epochs": self.planned_epochs}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.used_s = float(state_dict.get("used_s", 0.0))
         self.recent = [list(r) for r in state_dict.get("recent", [])]
         self.planned_epochs = state_dict.get("planned_epochs")
+        self._saved_budget_s = state_dict.get("budget_s")
