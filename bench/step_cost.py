@@ -1,7 +1,8 @@
 """Where a demo training step's time goes: text encoding of fresh captions vs UNet forward+backward.
 
-    python bench/step_cost.py [batch=32] [max_length=32] [threads=2]
+    python bench/step_cost.py [batch=32] [max_length=32] [threads=2] [compile]
 (`make demo` runs batch 16 per process on one thread: `python bench/step_cost.py 16 32 1`.)
+With `compile`, also unet_demo through torch.compile (inductor), after its compile, whose time is printed.
 Also times unet_demo with cross-attention at its 16 x 16 level (bench/demo_levers.md, E11), with and without
 the 16 x 16 self-attention, and without the 4 x 4 level's attention.
 Ratios are measured side by side in one process, so they hold on a busy machine too.
@@ -50,16 +51,24 @@ variants = {"unet_tiny": ["model=unet_tiny"], "unet_demo": ["model=unet_demo"],
             "demo + 16x16 self+cross attn": ["model=unet_demo"] + XATTN16,
             "demo + 16x16 cross-only (E11)": ["model=unet_demo"] + XATTN16 + ONLY_CROSS,
             "E11 without 4x4 attn": ["model=unet_demo"] + NO_4X4 + ONLY_CROSS}
+if "compile" in sys.argv[4:]:
+    variants["unet_demo, torch.compile"] = ["model=unet_demo"]
 for name, overrides in variants.items():
     with initialize_config_dir(conf, version_base="1.3"):
         m = compose("train", overrides=overrides).model
     unet = build_unet(plain(m.unet), 4, 16, 384)
+    if name.endswith("torch.compile"):
+        unet.compile()
     x = torch.randn(batch, 4, 16, 16)
     t = torch.randint(0, 1000, (batch,))
 
     def step():
         unet.zero_grad()
         unet(x, t, encoder_hidden_states=ctx).sample.square().mean().backward()
+    if name.endswith("torch.compile"):
+        start = time.perf_counter()
+        step()
+        print(f"torch.compile: first step (compile) {time.perf_counter() - start:.0f} s", flush=True)
     rows.append((f"{name} fwd+bwd ({sum(p.numel() for p in unet.parameters())/1e6:.2f}M)", timeit(step)))
 print(f"{'part':44s} {'s/step':>8s}")
 for name, s in rows:
