@@ -79,7 +79,7 @@ def test_budget_shortens_the_run_and_the_schedule_ends_with_it(tmp_path, toy_roo
     assert step == 12 and schedule_end == 12, "3 epochs of 4 steps fit in 30 s, not the configured 6"
     assert last_lr == 0.0  # the cosine reached its end: the run was not cut mid-schedule
     assert budget["planned_epochs"] == 3 and budget["used_s"] == pytest.approx(30.0)
-    assert "3 of 6 epochs" in caplog.text
+    assert "3 of 6 epochs" in caplog.text and "trained 3 of the 6 epochs in 30 s" in caplog.text
 
     # Resuming a run the budget ended trains nothing more (the plan is in the checkpoint).
     again = _budget_cfg(tmp_path, toy_root, tiny_vq_dir, "straight")

@@ -89,6 +89,12 @@ class TrainingTimeBudget(Callback):
             f"{plan} of {self._configured_epochs} epochs" + (f"; the LR schedule now ends at step {last_step}"
                                                              if replanned else ""))
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.budget_s is not None and self.planned_epochs is not None and self.planned_epochs < self._configured_epochs:
+            rank_zero_info(f"time budget {self.budget_s / 60:g} min: trained {self.planned_epochs} of the "
+                           f"{self._configured_epochs} epochs in {self.used_s:.0f} s; callbacks.time_budget.minutes=null "
+                           "trains them all")
+
     def _replan_schedules(self, trainer: L.Trainer, last_step: int) -> bool:
         replanned = False
         for config in trainer.lr_scheduler_configs:
