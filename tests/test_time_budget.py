@@ -52,11 +52,15 @@ def test_warmup_cosine_is_diffusers_schedule_with_a_movable_saved_end():
     assert resumed.lr_lambdas[0].num_training_steps == 60
 
 
-def test_bad_budgets_are_refused():
+def test_bad_budgets_are_refused(tmp_path, toy_root, tiny_vq_dir):
     with pytest.raises(ValueError, match="minutes=0"):
         TrainingTimeBudget(minutes=0)
     with pytest.raises(ValueError, match="window"):
         TrainingTimeBudget(minutes=1, window=0)
+    endless = _budget_cfg(tmp_path, toy_root, tiny_vq_dir, "endless", "trainer.max_epochs=-1", "trainer.max_steps=4")
+    with pytest.raises(ValueError, match="set trainer.max_epochs"):
+        train(endless)
+    assert not (tmp_path / "endless" / "checkpoints" / "last.ckpt").exists()
 
 
 def _budget_cfg(tmp_path, toy_root, tiny_vq_dir, run: str, *extra: str):

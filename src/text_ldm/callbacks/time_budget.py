@@ -39,10 +39,13 @@ class TrainingTimeBudget(Callback):
         self._configured_epochs: int | None = None
         self._warned_schedule = False
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        epochs = trainer.fit_loop.max_epochs
+        if stage == "fit" and self.budget_s is not None and (epochs is None or epochs < 0):
+            raise ValueError("callbacks.time_budget plans epochs: set trainer.max_epochs (the most the run may take)")
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._configured_epochs = trainer.fit_loop.max_epochs
-        if self.budget_s is not None and (self._configured_epochs is None or self._configured_epochs < 0):
-            raise ValueError("callbacks.time_budget plans epochs: set trainer.max_epochs (the most the run may take)")
         if self.planned_epochs is not None and self._saved_budget_s != self.budget_s:
             self._drop_saved_plan(trainer)
         if self.budget_s is None:
