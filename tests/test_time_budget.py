@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -114,6 +115,18 @@ def test_preempted_run_resumes_with_the_time_it_had_left(tmp_path, toy_root, tin
     step, schedule_end, last_lr, budget = _end_state(saved)
     # Epoch 0's 10 s came with the checkpoint; without them the resumed run would plan 4 epochs.
     assert (step, schedule_end, last_lr, budget["planned_epochs"]) == (12, 12, 0.0, 3)
+
+
+@pytest.mark.parametrize("schedule, warns", [("constant", False), ("diffusers_cosine", True)])
+def test_warns_only_about_a_schedule_it_cannot_shorten(tmp_path, toy_root, tiny_vq_dir, schedule, warns):
+    overrides = {"constant": ["model/lr_scheduler=constant"],
+                 "diffusers_cosine": ["model.lr_scheduler._target_=diffusers.optimization.get_cosine_schedule_with_warmup"]}
+    cfg = _budget_cfg(tmp_path, toy_root, tiny_vq_dir, schedule, *overrides[schedule])
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        train(cfg)
+    said = any("cannot be re-planned" in str(w.message) for w in record)
+    assert said == warns
 
 
 @pytest.mark.slow

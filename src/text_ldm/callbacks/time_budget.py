@@ -9,6 +9,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from text_ldm.utils.optim import TOTAL_STEP_KEYS
+
 
 class TrainingTimeBudget(Callback):
     """Trains for at most about `minutes` of wall time (null: off), by re-planning the epoch count.
@@ -105,7 +107,7 @@ class TrainingTimeBudget(Callback):
             for fn in lambdas:
                 fn.replan(last_step)
             replanned |= bool(lambdas)
-            if not lambdas and not self._warned_schedule:
+            if not lambdas and not self._warned_schedule and _schedule_has_an_end(trainer.lightning_module):
                 self._warned_schedule = True
                 rank_zero_warn(f"time budget: {type(config.scheduler).__name__} cannot be re-planned; if it depends on the "
                                "run's length it will not end where the shortened run does (warmup_cosine can)")
@@ -120,3 +122,9 @@ class TrainingTimeBudget(Callback):
         self.recent = [list(r) for r in state_dict.get("recent", [])]
         self.planned_epochs = state_dict.get("planned_epochs")
         self._saved_budget_s = state_dict.get("budget_s")
+
+
+def _schedule_has_an_end(module: L.LightningModule) -> bool:
+    """Whether the module's LR schedule config names a run length (a constant one does not); unknown: yes."""
+    config = (getattr(module, "hparams", None) or {}).get("lr_scheduler")
+    return not hasattr(config, "keys") or any(key in config for key in TOTAL_STEP_KEYS)
