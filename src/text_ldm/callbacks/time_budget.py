@@ -62,8 +62,8 @@ class TrainingTimeBudget(Callback):
         saved, self.planned_epochs = self.planned_epochs, None
         if self.budget_s is None:
             self.used_s, self.recent = 0.0, []
-        if self._configured_epochs is not None and 0 <= saved < self._configured_epochs:
-            last_step = self._configured_epochs * math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+        if saved < self._configured_epochs:
+            last_step = self._configured_epochs * _steps_per_epoch(trainer)
             self._replan_schedules(trainer, last_step)
             rank_zero_info(f"time budget {'off' if self.budget_s is None else f'now {self.budget_s / 60:g} min'}: the "
                            f"saved plan of {saved} epochs no longer holds; the LR schedule ends at step {last_step} again")
@@ -75,8 +75,7 @@ class TrainingTimeBudget(Callback):
         self._mark = (now, trainer.global_step)
         self.used_s += now - then
         self.recent = (self.recent + [[now - then, trainer.global_step - step_then]])[-self.window:]
-        epochs_done = trainer.current_epoch + 1
-        steps_per_epoch = trainer.global_step / epochs_done
+        epochs_done, steps_per_epoch = trainer.current_epoch + 1, _steps_per_epoch(trainer)
         seconds, steps = map(sum, zip(*self.recent))
         epoch_s = seconds / max(steps, 1) * steps_per_epoch
         more = max(0, math.floor((self.budget_s - self.used_s) / epoch_s)) if epoch_s > 0 else 0
@@ -85,7 +84,7 @@ class TrainingTimeBudget(Callback):
             return
         self.planned_epochs = plan
         trainer.fit_loop.max_epochs = plan
-        last_step = round(plan * steps_per_epoch)
+        last_step = plan * steps_per_epoch
         if trainer.max_steps > 0:
             last_step = min(last_step, trainer.max_steps)
         replanned = self._replan_schedules(trainer, last_step)
@@ -128,3 +127,8 @@ def _schedule_has_an_end(module: L.LightningModule) -> bool:
     """Whether the module's LR schedule config names a run length (a constant one does not); unknown: yes."""
     config = (getattr(module, "hparams", None) or {}).get("lr_scheduler")
     return not hasattr(config, "keys") or any(key in config for key in TOTAL_STEP_KEYS)
+
+
+def _steps_per_epoch(trainer: L.Trainer) -> int:
+    """Optimiser steps per epoch: Lightning also steps on an epoch's last, incomplete accumulation."""
+    return math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
