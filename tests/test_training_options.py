@@ -150,6 +150,27 @@ def test_compile_runs_the_unet_through_dynamo(model_for):
     assert torch.allclose(out, eager(latents, t, context), atol=1e-4)
 
 
+def test_compiled_training_run_checkpoints_plain_weights_and_samples_uncompiled(train_cfg, tmp_path):
+    """A whole fit with a compiled UNet (EMA, validation, preview grids, checkpoint): the checkpoint's
+    keys carry no `_orig_mod.` and sample.py's loader rebuilds the UNet without compile, so sampling a
+    checkpoint does not pay a cold compile. aot_eager keeps the compile fast on CPU."""
+    import torch._dynamo
+
+    from text_ldm.sampling.checkpoint import load_diffusion
+
+    torch._dynamo.reset()
+    train_cfg.trainer.max_steps = 2
+    train_cfg.model.compile = {"backend": "aot_eager"}
+    train(train_cfg)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert saved["hyper_parameters"]["compile"] == {"backend": "aot_eager"}
+    assert not any("_orig_mod" in key for key in saved["state_dict"])
+    model = load_diffusion(ckpt)
+    assert model.unet._compiled_call_impl is None
+    assert torch.equal(model.unet.conv_in.weight, saved["state_dict"]["unet.conv_in.weight"])
+
+
 def _sgd_run(cfg, *overrides):
     cfg.trainer.max_steps, cfg.callbacks.ema = 1, None
     cfg.model.optimizer = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 1.0}
