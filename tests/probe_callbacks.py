@@ -21,14 +21,15 @@ class SigkillAtStep(Callback):
 
 
 class RecordRank(Callback):
-    """Writes, per rank, the latents' fingerprints it trained on and its final raw weights to
-    `{out_dir}/rank{R}.pt`, so a test can compare what the DDP ranks saw and ended with."""
+    """Writes, per rank, the latents' fingerprints it trained on, the captions it drew, its text memo and
+    final raw weights to `{out_dir}/rank{R}.pt`, so a test can compare what the DDP ranks saw and ended with."""
 
     def __init__(self, out_dir: str):
         self.out_dir, self.seen, self.state = out_dir, [], {}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.seen += [float(x.double().sum()) for x in batch["latent"]]
+        self.captions = getattr(self, "captions", set()) | set(batch["caption"])
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         # the raw weights after this step (EMA swaps the averaged ones in at validation and at the end)
@@ -38,7 +39,10 @@ class RecordRank(Callback):
         import torch
 
         os.makedirs(self.out_dir, exist_ok=True)
-        torch.save({"seen": self.seen, "unet": self.state}, os.path.join(self.out_dir, f"rank{trainer.global_rank}.pt"))
+        encoder = pl_module.text_encoder
+        torch.save({"seen": self.seen, "unet": self.state, "captions": sorted(self.captions),
+                    "memo": {k: v.clone() for k, v in encoder._cache.items()}, "encoded": encoder.prompts_encoded},
+                   os.path.join(self.out_dir, f"rank{trainer.global_rank}.pt"))
 
 
 class SigtermAtStep(Callback):

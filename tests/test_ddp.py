@@ -37,6 +37,14 @@ def test_ddp_on_two_cpu_processes(tmp_path, toy_root, tiny_vq_dir):
         shards = [set(r["seen"][epoch * 16:(epoch + 1) * 16]) for r in ranks]
         assert len(shards[0]) == len(shards[1]) == 16 and not shards[0] & shards[1]
     assert ranks[0]["seen"][:16] != ranks[0]["seen"][16:], "the shuffle order did not change between epochs"
+    # SharedTextMemo: both ranks' memos hold every training caption either rank drew, with the same
+    # embedding (validation and preview prompts stay with the rank that encoded them)
+    drawn = set(ranks[0]["captions"]) | set(ranks[1]["captions"])
+    assert set(ranks[0]["captions"]) != set(ranks[1]["captions"])
+    assert drawn <= ranks[0]["memo"].keys() and drawn <= ranks[1]["memo"].keys()
+    for caption in drawn:
+        assert torch.equal(ranks[0]["memo"][caption], ranks[1]["memo"][caption])
+    assert ranks[0]["encoded"] + ranks[1]["encoded"] < len(ranks[0]["memo"]) + len(ranks[1]["memo"])
     assert ranks[0]["unet"].keys() == ranks[1]["unet"].keys()
     for key, value in ranks[0]["unet"].items():
         assert torch.equal(value, ranks[1]["unet"][key]), f"{key} differs across ranks"

@@ -34,6 +34,7 @@ class FrozenTextEncoder(nn.Module):
         self.cache_size = int(cache_size)
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._warned_truncation = False
+        self.prompts_encoded = 0  # prompts that went through the transformer (memo misses included)
 
     @classmethod
     def from_pretrained(cls, pretrained: str, model_class: str = "auto", subfolder: str | None = None,
@@ -61,6 +62,7 @@ class FrozenTextEncoder(nn.Module):
     def _encode(self, prompts: list[str]) -> torch.Tensor:
         batch = self._tokenize(prompts)
         mask = batch["attention_mask"] if self.use_attention_mask else None
+        self.prompts_encoded += len(prompts)
         return self.model(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state
 
     def _tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
@@ -113,6 +115,20 @@ class FrozenTextEncoder(nn.Module):
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return out
+
+    def not_memoised(self, prompts: list[str]) -> list[str]:
+        """The distinct prompts among `prompts` that `forward` would have to encode."""
+        return [p for p in dict.fromkeys(prompts) if p not in self._cache] if self.cache_size > 0 else []
+
+    def memoise(self, prompts: list[str], embeddings: torch.Tensor) -> None:
+        """Store embeddings (B, max_length, embed_dim) encoded elsewhere (another DDP rank) for `prompts`."""
+        if self.cache_size <= 0:
+            return
+        device, dtype = next(self.model.parameters()).device, next(self.model.parameters()).dtype
+        for prompt, emb in zip(prompts, embeddings):
+            self._cache.setdefault(prompt, emb.to(device=device, dtype=dtype))
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
 
     def _apply(self, fn, recurse=True):  # a device/dtype move invalidates memoised tensors
         self._cache.clear()
