@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import lightning as L
-import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 
@@ -36,7 +35,7 @@ class SharedTextMemo(Callback):
             return
         # the first pick rotates with the step: an odd pool's extra caption goes to each rank in turn
         share = pooled[(trainer.global_rank + trainer.global_step) % trainer.world_size::trainer.world_size]
-        embeddings = encoder(share).cpu() if share else None  # CPU: a CUDA tensor would unpickle on the wrong GPU
+        embeddings = encoder(share) if share else None
         results: list = [None] * trainer.world_size
         dist.all_gather_object(results, (share, embeddings))
         for prompts, embs in results:
