@@ -6,7 +6,8 @@ without the UNet and counts, per rank and step, the captions its memo lacks:
   own memo:    each rank encodes what its own memo lacks (after caption dropout, as training_step does);
   shared memo: the ranks pool what they lack and each encodes an equal share (what SharedTextMemo does).
 The time per rank is then measured: MiniLM on one thread (the demo's setting) encodes the batches of
-missing captions of every `--time-every`-th step, both ways in turn, and the totals are scaled up.
+missing captions of every `--time-every`-th step, both ways in turn, and the totals are scaled up; the
+shared memo's two object gathers per step are timed on `--ranks` spawned gloo processes.
 
     python bench/text_memo.py [--experiment demo] [--epochs 16] [--ranks 2] [--time-every 8]
 """
@@ -19,6 +20,8 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -68,6 +71,30 @@ def encode_lists(steps, ranks: int, shared: bool, caption_dropout: float) -> lis
     return work
 
 
+def _time_gathers(rank: int, ranks: int, captions: int, embed_dim: int, max_length: int, steps: int, out) -> None:
+    """One spawned gloo process: SharedTextMemo's two object gathers per step, with a typical payload."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("BENCH_PORT", "29541"))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=ranks)
+    local = [f"a caption of about sixteen words, number {i} of rank {rank}, as the toy faces have" for i in range(captions)]
+    embeddings = torch.randn(max(1, captions // ranks), max_length, embed_dim)
+    for timed in (False, True):
+        dist.barrier()
+        start = time.perf_counter()
+        for _ in range(steps):
+            dist.all_gather_object([None] * ranks, local)
+            dist.all_gather_object([None] * ranks, (local[:len(embeddings)], embeddings))
+        if timed and rank == 0:
+            out.put((time.perf_counter() - start) / steps)
+    dist.destroy_process_group()
+
+
+def gather_seconds(ranks: int, captions: int, embed_dim: int, max_length: int, steps: int = 200) -> float:
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_time_gathers, args=(ranks, captions, embed_dim, max_length, steps, queue), nprocs=ranks)
+    return queue.get()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--experiment", default="demo")
@@ -97,10 +124,15 @@ def main() -> None:
 
     print(f"`experiment={args.experiment}`: {len(steps)} steps, {args.ranks} ranks x {cfg.data.batch_size} captions, "
           f"{args.epochs} epochs; {len({c for b in steps for r in b for c in r})} distinct captions drawn\n")
-    print("| memo | captions encoded per rank | encoding s per rank (1 thread) |\n|---|---|---|")
+    pooled_per_step = sum(len(c) for step in work["shared memo"] for c in step) / len(steps)
+    gathers = gather_seconds(args.ranks, round(pooled_per_step), encoder.embed_dim, encoder.max_length)
+    extra = {"own memo": 0.0, "shared memo": gathers * len(steps)}
+    print("| memo | captions encoded per rank | encoding s per rank (1 thread) | object gathers s | total s per rank |\n"
+          "|---|---|---|---|---|")
     for name, lists in work.items():
         counts = [sum(len(step[r]) for step in lists) for r in range(args.ranks)]
-        print(f"| {name} | {' / '.join(map(str, counts))} | {' / '.join(f'{t:.0f}' for t in seconds[name])} |")
+        print(f"| {name} | {' / '.join(map(str, counts))} | {' / '.join(f'{t:.0f}' for t in seconds[name])} | "
+              f"{extra[name]:.0f} | {' / '.join(f'{t + extra[name]:.0f}' for t in seconds[name])} |")
 
 
 if __name__ == "__main__":

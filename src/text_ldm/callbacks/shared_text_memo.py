@@ -15,7 +15,8 @@ class SharedTextMemo(Callback):
     image (bench/step_cost.py), and each rank kept its own memo, so a caption drawn by both ranks in
     different epochs was encoded twice. The embeddings are the same ones each rank would have computed,
     so training is unchanged; only the encoding work is split. `python bench/text_memo.py` measures it:
-    over the demo's 16 epochs each rank encodes about 5,400 captions instead of 8,800.
+    over the demo's 16 epochs each rank encodes about 5,400 captions instead of 8,800, 18-30 s less work
+    per rank after the gathers (3-5 % of the demo's training). More ranks share more.
 
     A no-op in one process, for a text encoder without a memo (`cache_size: 0`), and on GPUs, where
     encoding is cheap and two object gathers per step would cost more than they save.
