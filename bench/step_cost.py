@@ -2,7 +2,8 @@
 
     python bench/step_cost.py [batch=32] [max_length=32] [threads=2] [compile]
 (`make demo` runs batch 16 per process on one thread: `python bench/step_cost.py 16 32 1`.)
-With `compile`, also unet_demo through torch.compile (inductor), after its compile, whose time is printed.
+With `compile`, also unet_demo through torch.compile (inductor), after its compile, whose time is printed;
+always unet_demo in channels_last (weights and input).
 Also times unet_demo with cross-attention at its 16 x 16 level (bench/demo_levers.md, E11), with and without
 the 16 x 16 self-attention, and without the 4 x 4 level's attention.
 Ratios are measured side by side in one process, so they hold on a busy machine too.
@@ -51,6 +52,7 @@ variants = {"unet_tiny": ["model=unet_tiny"], "unet_demo": ["model=unet_demo"],
             "demo + 16x16 self+cross attn": ["model=unet_demo"] + XATTN16,
             "demo + 16x16 cross-only (E11)": ["model=unet_demo"] + XATTN16 + ONLY_CROSS,
             "E11 without 4x4 attn": ["model=unet_demo"] + NO_4X4 + ONLY_CROSS}
+variants["unet_demo, channels_last"] = ["model=unet_demo"]
 if "compile" in sys.argv[4:]:
     variants["unet_demo, torch.compile"] = ["model=unet_demo"]
 for name, overrides in variants.items():
@@ -60,6 +62,8 @@ for name, overrides in variants.items():
     if name.endswith("torch.compile"):
         unet.compile()
     x = torch.randn(batch, 4, 16, 16)
+    if name.endswith("channels_last"):
+        unet, x = unet.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     t = torch.randint(0, 1000, (batch,))
 
     def step():
