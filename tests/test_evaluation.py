@@ -137,7 +137,8 @@ def test_fid_fallback_is_named_and_never_called_fid(monkeypatch):
     assert result["fd"] is not None and result["kd_mean"] is not None
 
 
-@pytest.mark.parametrize("bad", ["n_prompts=0", "num_images_per_prompt=0", "steps=0", "guidance_scale=-1"])
+@pytest.mark.parametrize("bad", ["n_prompts=0", "num_images_per_prompt=0", "steps=0", "guidance_scale=-1",
+                                 "guidance_rescale=-0.5", "guidance_interval=[-1,500]"])
 def test_bad_arguments_are_refused(bad, tmp_path):
     from text_ldm.evaluation.app import evaluate
 

@@ -14,6 +14,10 @@ def _cfg(tmp_path, *overrides):
 @pytest.mark.parametrize("override,message", [
     ("steps=0", "steps=0 must be >= 1"),
     ("guidance_scale=-1", "guidance_scale=-1 must be >= 0"),
+    ("guidance_rescale=1.5", r"guidance_rescale=1.5 must be in \[0, 1\]"),
+    ("guidance_interval=[800,200]", r"guidance_interval=\[800, 200\] must be \[t_lo, t_hi\]"),
+    ("guidance_interval=[100]", r"guidance_interval=\[100\] must be \[t_lo, t_hi\]"),
+    ("guidance_interval=500", r"guidance_interval=\[500\] must be \[t_lo, t_hi\]"),
     ("num_images_per_prompt=0", "num_images_per_prompt=0 must be >= 1"),
     ("strength=1.5", r"strength=1.5 must be in \[0, 1\]"),
     ("strength=-0.1", r"strength=-0.1 must be in \[0, 1\]"),

@@ -43,11 +43,12 @@ class CountingUNet(torch.nn.Module):
         return self.unet(x, t, encoder_hidden_states=encoder_hidden_states)
 
 
-def _run(prompts, seeds, sampler="ddim", steps=4, guidance_scale=3.0, negative_prompt="", unet=None):
+def _run(prompts, seeds, sampler="ddim", steps=4, guidance_scale=3.0, negative_prompt="", unet=None, **guidance):
     unet = unet or CountingUNet()
     autoencoder = FrozenAutoencoder(tiny_vq(), "vq", 1.0)
     return generate(unet, make_sampler(sampler, TRAIN_SCHEDULER), HashEncoder(), autoencoder, prompts, seeds,
-                    (3, 8, 8), steps=steps, guidance_scale=guidance_scale, negative_prompt=negative_prompt), unet
+                    (3, 8, 8), steps=steps, guidance_scale=guidance_scale, negative_prompt=negative_prompt,
+                    **guidance), unet
 
 
 def test_cfg_is_one_batched_unet_call_per_step():
@@ -106,3 +107,48 @@ def test_every_sampler_runs_from_its_config(name):
     assert sampler.config.beta_schedule == "scaled_linear" and sampler.config.beta_end == 0.012
     images, unet = _run(["a face"], [3], sampler=name, steps=6)
     assert torch.isfinite(images).all() and len(unet.calls) >= 6
+
+
+def test_guidance_interval_guides_only_its_steps_and_skips_the_unconditional_pass_elsewhere():
+    timesteps = make_sampler("ddim", TRAIN_SCHEDULER)
+    timesteps.set_timesteps(5)
+    inside = [300 <= int(t) <= 700 for t in timesteps.timesteps]
+    assert 0 < sum(inside) < len(inside)
+    _, unet = _run(["a", "b"], [0, 1], steps=5, guidance_interval=[300, 700])
+    assert unet.calls == [4 if guided else 2 for guided in inside]
+
+
+def test_guidance_interval_spanning_every_step_or_none_equals_full_or_no_guidance():
+    full, _ = _run(["a face"], [0], steps=5, guidance_scale=4.0)
+    spanning, _ = _run(["a face"], [0], steps=5, guidance_scale=4.0, guidance_interval=[0, 999])
+    torch.testing.assert_close(spanning, full)
+    unguided, _ = _run(["a face"], [0], steps=5, guidance_scale=1.0)
+    empty_interval, _ = _run(["a face"], [0], steps=5, guidance_scale=4.0, guidance_interval=[1000, 2000])
+    torch.testing.assert_close(empty_interval, unguided)
+    partial, _ = _run(["a face"], [0], steps=5, guidance_scale=4.0, guidance_interval=[0, 500])
+    assert (partial - full).abs().max() > 1e-4 and (partial - unguided).abs().max() > 1e-4
+
+
+def test_guidance_rescale_matches_the_conditional_std_and_changes_the_sample():
+    from text_ldm.sampling.guidance import Guidance
+
+    torch.manual_seed(0)
+    uncond, cond = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8) * 0.5
+    plain = Guidance(7.5).combine(uncond, cond)
+    full = Guidance(7.5, rescale=1.0).combine(uncond, cond)
+    half = Guidance(7.5, rescale=0.5).combine(uncond, cond)
+    torch.testing.assert_close(full.std(dim=(1, 2, 3)), cond.std(dim=(1, 2, 3)))
+    assert (plain.std(dim=(1, 2, 3)) > 2 * cond.std(dim=(1, 2, 3))).all()
+    torch.testing.assert_close(half, (plain + full) / 2)
+    base, _ = _run(["a face"], [0], guidance_scale=6.0)
+    rescaled, _ = _run(["a face"], [0], guidance_scale=6.0, guidance_rescale=0.7)
+    assert (rescaled - base).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("kwargs,key", [({"rescale": 1.2}, "guidance_rescale"), ({"interval": (600, 100)}, "guidance_interval"),
+                                        ({"scale": -2.0}, "guidance_scale")])
+def test_bad_guidance_is_refused_naming_the_key(kwargs, key):
+    from text_ldm.sampling.guidance import Guidance
+
+    with pytest.raises(ValueError, match=key):
+        Guidance(**kwargs)

@@ -176,6 +176,14 @@ def test_export_loads_with_diffusers_and_matches_sample_py(tmp_path, ckpt):
     images = pipe(["a man with glasses", PROMPT], seeds=[5, 6], num_inference_steps=6, output_type="pt").images
     for k, name in enumerate(["0000_00.png", "0001_00.png"]):
         assert (images[k] - _png(tmp_path / "samples" / name)).abs().max() <= 1 / 255 + 1e-6
+    # the guidance extras mean the same in both
+    extras = ["guidance_scale=6.0", "guidance_rescale=0.5", "guidance_interval=[0,600]"]
+    _cli(tmp_path / "extras", ckpt, "prompts_file=" + _prompts(tmp_path), "sampler=dpmpp_2m", "seed=5", *extras)
+    guided = pipe(["a man with glasses", PROMPT], seeds=[5, 6], num_inference_steps=6, output_type="pt",
+                  guidance_scale=6.0, guidance_rescale=0.5, guidance_interval=(0, 600)).images
+    for k, name in enumerate(["0000_00.png", "0001_00.png"]):
+        assert (guided[k] - _png(tmp_path / "extras" / name)).abs().max() <= 1 / 255 + 1e-6
+    assert (guided - images).abs().max() > 2 / 255
 
 
 def _prompts(tmp_path):

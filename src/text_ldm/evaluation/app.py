@@ -20,6 +20,7 @@ from text_ldm.evaluation.fidelity import accuracy_vs_targets, format_table, majo
 from text_ldm.evaluation.image_metrics import clip_score, fid_kid
 from text_ldm.evaluation.prompts import build_prompts
 from text_ldm.evaluation.reconstruction import reconstruction_fidelity
+from text_ldm.sampling.guidance import Guidance
 from text_ldm.utils.atomic import atomic_save_png, atomic_write_text
 from text_ldm.utils.grid import to_pil
 
@@ -34,14 +35,14 @@ def validate(cfg: DictConfig, steps: int) -> None:
             problems.append(f"{key}={cfg[key]} must be >= 1")
     if steps < 1:
         problems.append(f"steps={steps} must be >= 1")
-    if float(cfg.guidance_scale) < 0:
-        problems.append(f"guidance_scale={cfg.guidance_scale} must be >= 0")
+    problems += Guidance.problems(cfg.guidance_scale, cfg.get("guidance_rescale", 0.0) or 0.0,
+                                  cfg.get("guidance_interval"))
     if problems:
         raise ValueError("; ".join(problems))
 
 
 def sample_images(model, sampler_name: str, texts: Sequence[str], seeds: Sequence[int], steps: int,
-                  guidance_scale: float, batch_size: int, desc: str) -> torch.Tensor:
+                  guidance: Guidance, batch_size: int, desc: str) -> torch.Tensor:
     """(N, 3, H, W) images in [0, 1] on the CPU, one per (text, seed), generated in batches."""
     from text_ldm.sampling.pipeline import generate
     from text_ldm.sampling.schedulers import make_sampler
@@ -51,7 +52,8 @@ def sample_images(model, sampler_name: str, texts: Sequence[str], seeds: Sequenc
         sampler = make_sampler(sampler_name, model.noise_scheduler.config)
         out.append(generate(model.unet, sampler, model.text_encoder, model.autoencoder,
                             list(texts[start: start + batch_size]), list(seeds[start: start + batch_size]),
-                            model.latent_shape, steps=steps, guidance_scale=guidance_scale).cpu())
+                            model.latent_shape, steps=steps, guidance_scale=guidance.scale,
+                            guidance_rescale=guidance.rescale, guidance_interval=guidance.interval).cpu())
     return torch.cat(out)
 
 
@@ -72,7 +74,7 @@ def evaluate(cfg: DictConfig) -> dict:
     started = time.time()
     steps = int(cfg.steps if cfg.get("steps") is not None else cfg.sampler.steps)
     validate(cfg, steps)
-    k, size, seed, scale = int(cfg.num_images_per_prompt), int(cfg.image_size), int(cfg.seed), float(cfg.guidance_scale)
+    k, size, seed, guidance = int(cfg.num_images_per_prompt), int(cfg.image_size), int(cfg.seed), Guidance.from_cfg(cfg)
     layout = CelebALayout(Path(cfg.data_root))
     layout.check()
     names, rows = read_attributes(layout.attribute_path)
@@ -103,9 +105,10 @@ def evaluate(cfg: DictConfig) -> dict:
     seeds = [seed + j for j in range(len(texts))]
     files = [f"{p:04d}_{i:02d}.png" for p in range(len(prompts)) for i in range(k)]
     out_dir = Path(cfg.out_dir)
-    samples = sample_images(model, cfg.sampler.name, texts, seeds, steps, scale, int(cfg.batch_size), "prompted")
+    samples = sample_images(model, cfg.sampler.name, texts, seeds, steps, guidance, int(cfg.batch_size),
+                           "prompted")
     _save_pngs(samples, out_dir / "samples", files)
-    empty = sample_images(model, cfg.sampler.name, [""] * len(texts), seeds, steps, scale, int(cfg.batch_size),
+    empty = sample_images(model, cfg.sampler.name, [""] * len(texts), seeds, steps, guidance, int(cfg.batch_size),
                           "empty prompt")
     _save_pngs(empty, out_dir / "empty_prompt", files)
     fake = to_uint8(samples, size)
@@ -120,7 +123,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
     table = format_table(names, {COLUMNS[key]: col for key, col in scores.items()})
     print(f"\nattribute accuracy (%), {len(prompts)} prompts x {k} images, {cfg.sampler.name} {steps} steps, "
-          f"guidance {scale}, seed {seed}; '—' = no prompt states it\n{table}\n")
+          f"guidance {guidance.describe()}, seed {seed}; '—' = no prompt states it\n{table}\n")
     print(f"autoencoder reconstruction gap (ceiling - reconstructions, mean accuracy): {recon['gap']['mean']:+.4f}")
     print(dist["line"])
     print(f"CLIP score ({cfg.clip_model}): {clip_value:.3f}" if clip_value is not None else clip_reason)
@@ -128,7 +131,7 @@ def evaluate(cfg: DictConfig) -> dict:
     metrics = {
         "ckpt": str(cfg.ckpt), "data_root": str(layout.root), "image_size": size,
         "n_prompts": len(prompts), "num_images_per_prompt": k, "sampler": str(cfg.sampler.name), "steps": steps,
-        "guidance_scale": scale, "seed": seed, "use_ema": bool(cfg.use_ema), "attributes": list(names),
+        **guidance.as_dict(), "seed": seed, "use_ema": bool(cfg.use_ema), "attributes": list(names),
         "attribute_accuracy": scores, "reconstruction_gap": recon["gap"],
         "classifier": {"path": str(clf_path), "config": dataclasses.asdict(clf_config), "num_train": len(train_ids),
                        "num_test": len(test_ids)},

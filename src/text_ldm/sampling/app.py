@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from text_ldm.sampling import precision as prec
 from text_ldm.sampling.checkpoint import load_diffusion
+from text_ldm.sampling.guidance import Guidance
 from text_ldm.sampling.img2img import encode_image
 from text_ldm.sampling.mixing import encode_prompts
 from text_ldm.sampling.pipeline import generate
@@ -40,8 +41,8 @@ def validate(cfg: DictConfig, steps: int) -> None:
     problems = []
     if steps < 1:
         problems.append(f"steps={steps} must be >= 1")
-    if cfg.guidance_scale < 0:
-        problems.append(f"guidance_scale={cfg.guidance_scale} must be >= 0")
+    problems += Guidance.problems(cfg.guidance_scale, cfg.get("guidance_rescale", 0.0) or 0.0,
+                                  cfg.get("guidance_interval"))
     if cfg.num_images_per_prompt < 1:
         problems.append(f"num_images_per_prompt={cfg.num_images_per_prompt} must be >= 1")
     if cfg.batch_size < 1:
@@ -101,6 +102,7 @@ def sample(cfg: DictConfig) -> Path:
     device = _device(cfg)
     precision = str(cfg.get("precision", "fp32"))
     init_image, strength = cfg.get("init_image"), float(cfg.get("strength", 1.0))
+    guidance = Guidance.from_cfg(cfg)
     model = load_diffusion(cfg.ckpt, device, use_ema=bool(cfg.use_ema))
     prec.apply(model, precision)
     init = encode_image(model.autoencoder, init_image, int(model.hparams.image_size)) if init_image else None
@@ -119,7 +121,8 @@ def sample(cfg: DictConfig) -> Path:
         recorder = X0Recorder(int(cfg.trajectory_every)) if cfg.get("save_trajectory") else None
         with prec.explained(precision, device):
             out = generate(model.unet, sampler, model.text_encoder, model.autoencoder, texts, seeds,
-                           model.latent_shape, steps=steps, guidance_scale=float(cfg.guidance_scale),
+                           model.latent_shape, steps=steps, guidance_scale=guidance.scale,
+                           guidance_rescale=guidance.rescale, guidance_interval=guidance.interval,
                            negative_prompt=str(cfg.negative_prompt),
                            prompt_embeds=encode_prompts(model.text_encoder, texts),
                            init_latents=None if init is None else init.repeat(len(batch), 1, 1, 1),
@@ -131,7 +134,7 @@ def sample(cfg: DictConfig) -> Path:
             atomic_save_png(to_pil(image), out_dir / f"{name}.png")
             images.append(image)
             records.append({"file": f"{name}.png", "prompt": prompts[p], "seed": seed, "sampler": cfg.sampler.name,
-                            "steps": steps, "guidance_scale": float(cfg.guidance_scale),
+                            "steps": steps, **guidance.as_dict(),
                             "negative_prompt": str(cfg.negative_prompt), "precision": precision,
                             **({"init_image": str(init_image), "strength": strength} if init_image else {})})
     atomic_write_text(out_dir / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in records))

@@ -9,7 +9,8 @@ into the export folder as `pipeline.py`, and `model_index.json` names it, so dif
 
 It reproduces text_ldm.sampling.pipeline.generate: per-image noise drawn on the CPU from each seed,
 one batched UNet call per step for classifier-free guidance (negative prompt in the unconditional
-half), step noise from one generator seeded by the first seed, scheduler arithmetic in float32.
+half; `guidance_rescale` and `guidance_interval` as in text_ldm.sampling.guidance.Guidance), step noise
+from one generator seeded by the first seed, scheduler arithmetic in float32.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import inspect
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 from PIL import Image
 
 
@@ -45,10 +47,12 @@ class TextLDMPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], seeds: list[int] | None = None, num_inference_steps: int = 20,
-                 guidance_scale: float = 3.0, negative_prompt: str = "", output_type: str = "pil",
+                 guidance_scale: float = 3.0, negative_prompt: str = "", guidance_rescale: float = 0.0,
+                 guidance_interval: tuple[float, float] | None = None, output_type: str = "pil",
                  return_dict: bool = True):
-        """prompt: one or B strings; seeds: B ints (default 0..B-1). output_type "pil", "np" (B, H, W, 3)
-        or "pt" (B, 3, H, W), all in [0, 1]."""
+        """prompt: one or B strings; seeds: B ints (default 0..B-1). guidance_interval: (t_lo, t_hi), guide
+        only at those timesteps (None: every step). output_type "pil", "np" (B, H, W, 3) or "pt" (B, 3, H, W),
+        all in [0, 1]."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         seeds = list(range(len(prompts))) if seeds is None else list(seeds)
         if len(seeds) != len(prompts):
@@ -68,11 +72,15 @@ class TextLDMPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         for t in self.progress_bar(self.scheduler.timesteps):
             model_in = self.scheduler.scale_model_input(latents, t)
-            model_in = torch.cat([model_in, model_in]) if use_cfg else model_in
-            pred = self.unet(model_in.to(unet_dtype), t, encoder_hidden_states=context).sample.float()
-            if use_cfg:
+            guided = use_cfg and (guidance_interval is None or guidance_interval[0] <= float(t) <= guidance_interval[1])
+            model_in = torch.cat([model_in, model_in]) if guided else model_in
+            ctx = context if guided or not use_cfg else context[len(prompts):]
+            pred = self.unet(model_in.to(unet_dtype), t, encoder_hidden_states=ctx).sample.float()
+            if guided:
                 pred_uncond, pred_cond = pred.chunk(2)
                 pred = pred_uncond + guidance_scale * (pred_cond - pred_uncond)
+                if guidance_rescale > 0:
+                    pred = rescale_noise_cfg(pred, pred_cond, guidance_rescale)
             latents = self.scheduler.step(pred, t, latents, **step_kwargs).prev_sample
         latents = (latents / self.config.latent_scale).to(self.vqvae.dtype)
         if "force_not_quantize" in inspect.signature(self.vqvae.decode).parameters:

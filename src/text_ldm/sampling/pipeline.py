@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from text_ldm.models.autoencoder import FrozenAutoencoder
 from text_ldm.models.text_encoder import FrozenTextEncoder
+from text_ldm.sampling.guidance import Guidance
 
 # on_step(i, t, x0): i-th step done, x0 = the model's prediction of the clean latents (B, C, h, w).
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
@@ -45,7 +46,8 @@ def predict_x0(model_in: torch.Tensor, pred: torch.Tensor, t: torch.Tensor, sche
 @torch.no_grad()
 def generate(unet, scheduler: SchedulerMixin, text_encoder: FrozenTextEncoder, autoencoder: FrozenAutoencoder,
              prompts: Sequence[str], seeds: Sequence[int], latent_shape: Sequence[int], *, steps: int,
-             guidance_scale: float = 3.0, negative_prompt: str = "", progress: bool = False,
+             guidance_scale: float = 3.0, guidance_rescale: float = 0.0,
+             guidance_interval: Sequence[float] | None = None, negative_prompt: str = "", progress: bool = False,
              prompt_embeds: torch.Tensor | None = None, init_latents: torch.Tensor | None = None,
              strength: float = 1.0, batched_cfg: bool = True, on_step: StepCallback | None = None) -> torch.Tensor:
     """Sample one image per prompt.
@@ -53,7 +55,8 @@ def generate(unet, scheduler: SchedulerMixin, text_encoder: FrozenTextEncoder, a
     prompts, seeds: B each. latent_shape: (C, h, w). Returns (B, 3, H, W) images in [0, 1].
     - Guidance runs the conditional and unconditional halves in ONE UNet call at batch 2B
       (`batched_cfg=False`: two calls at batch B, as the seed scripts do; same result).
-      `negative_prompt` replaces the empty prompt in the unconditional half.
+      `negative_prompt` replaces the empty prompt in the unconditional half. `guidance_rescale` and
+      `guidance_interval` are described in `Guidance` (sampling/guidance.py).
     - prompt_embeds: (B, L, D) conditioning to use instead of encoding `prompts` (prompt mixing).
     - init_latents: (B, C, h, w) scaled latents of input images (img2img). They are noised to the
       step where `strength` of the schedule is left and denoised from there. strength=1 ignores
@@ -69,7 +72,8 @@ def generate(unet, scheduler: SchedulerMixin, text_encoder: FrozenTextEncoder, a
     noise = initial_noise(seeds, latent_shape, device, torch.float32)
     cond = text_encoder(list(prompts)) if prompt_embeds is None else prompt_embeds
     cond = cond.to(device=device, dtype=unet_dtype)
-    use_cfg = guidance_scale != 1.0
+    guidance = Guidance(guidance_scale, guidance_rescale, None if guidance_interval is None else tuple(guidance_interval))
+    use_cfg = guidance.enabled
     uncond = text_encoder([negative_prompt] * len(prompts)).to(device=device, dtype=unet_dtype) if use_cfg else None
     context = torch.cat([uncond, cond]) if use_cfg and batched_cfg else cond
     # Stochastic samplers (DDPM, Euler ancestral) draw step noise from one generator seeded by the
@@ -97,12 +101,12 @@ def generate(unet, scheduler: SchedulerMixin, text_encoder: FrozenTextEncoder, a
         model_in = scheduler.scale_model_input(latents, t)
         if not use_cfg:
             pred = unet_eps(model_in, t, context)
+        elif not guidance.applies(t):
+            pred = unet_eps(model_in, t, cond)
         elif batched_cfg:
-            pred_uncond, pred_cond = unet_eps(torch.cat([model_in, model_in]), t, context).chunk(2)
-            pred = pred_uncond + guidance_scale * (pred_cond - pred_uncond)
+            pred = guidance.combine(*unet_eps(torch.cat([model_in, model_in]), t, context).chunk(2))
         else:
-            pred_uncond, pred_cond = unet_eps(model_in, t, uncond), unet_eps(model_in, t, cond)
-            pred = pred_uncond + guidance_scale * (pred_cond - pred_uncond)
+            pred = guidance.combine(unet_eps(model_in, t, uncond), unet_eps(model_in, t, cond))
         if on_step is not None:
             on_step(i, t, predict_x0(model_in, pred, t, scheduler))
         latents = scheduler.step(pred, t, latents, **step_kwargs).prev_sample

@@ -1,0 +1,78 @@
+"""Classifier-free guidance: how the unconditional and conditional noise predictions are combined."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """scale: w in uncond + w (cond - uncond); 1 turns guidance off (one UNet pass per step).
+    rescale: phi of Lin et al. 2023, sec. 3.4 (diffusers' `guidance_rescale`): pull the guided prediction's
+      per-sample std back towards the conditional one's, against the over-saturation a large w brings.
+    interval: (t_lo, t_hi) in training timesteps (0 = clean, 999 = pure noise): guide only while
+      t_lo <= t <= t_hi and use the conditional prediction alone elsewhere, as in Kynkaanniemi et al. 2024
+      ("Applying guidance in a limited interval"); the steps outside skip the unconditional pass.
+    """
+
+    scale: float = 3.0
+    rescale: float = 0.0
+    interval: tuple[float, float] | None = None
+
+    def __post_init__(self):
+        problems = self.problems(self.scale, self.rescale, self.interval)
+        if problems:
+            raise ValueError("; ".join(problems))
+        if self.interval is not None:
+            object.__setattr__(self, "interval", (float(self.interval[0]), float(self.interval[1])))
+
+    @staticmethod
+    def problems(scale: float, rescale: float, interval: Sequence[float] | None) -> list[str]:
+        """What is wrong with these settings, as messages that name the config keys (empty: fine)."""
+        found = []
+        if float(scale) < 0:
+            found.append(f"guidance_scale={scale} must be >= 0")
+        if not 0.0 <= float(rescale) <= 1.0:
+            found.append(f"guidance_rescale={rescale} must be in [0, 1]")
+        if interval is not None:
+            bounds = list(interval) if isinstance(interval, Sequence) and not isinstance(interval, str) else [interval]
+            if len(bounds) != 2 or not 0 <= float(bounds[0]) <= float(bounds[1]):
+                found.append(f"guidance_interval={bounds} must be [t_lo, t_hi] with 0 <= t_lo <= t_hi "
+                             "(training timesteps, 0 = clean), or null for every step")
+        return found
+
+    @classmethod
+    def from_cfg(cls, cfg) -> "Guidance":
+        """From a sample.py / evaluate.py config: guidance_scale, guidance_rescale, guidance_interval."""
+        interval = cfg.get("guidance_interval")
+        return cls(float(cfg.guidance_scale), float(cfg.get("guidance_rescale", 0.0) or 0.0),
+                   None if interval is None else tuple(interval))
+
+    @property
+    def enabled(self) -> bool:
+        return self.scale != 1.0
+
+    def applies(self, t) -> bool:
+        """Whether step t (a scheduler timestep) is guided."""
+        if not self.enabled:
+            return False
+        return self.interval is None or self.interval[0] <= float(t) <= self.interval[1]
+
+    def combine(self, pred_uncond: torch.Tensor, pred_cond: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) each -> the guided prediction (B, C, h, w)."""
+        pred = pred_uncond + self.scale * (pred_cond - pred_uncond)
+        return rescale_noise_cfg(pred, pred_cond, self.rescale) if self.rescale > 0 else pred
+
+    def describe(self) -> str:
+        """'9.0', or '9.0 (rescale 0.7, t in [0, 800])' when the extras are on."""
+        extras = ([f"rescale {self.rescale:g}"] if self.rescale else []) + \
+            ([f"t in [{self.interval[0]:g}, {self.interval[1]:g}]"] if self.interval else [])
+        return f"{self.scale:g}" + (f" ({', '.join(extras)})" if extras else "")
+
+    def as_dict(self) -> dict:
+        """For samples.jsonl / metrics.json."""
+        return {"guidance_scale": self.scale, "guidance_rescale": self.rescale,
+                "guidance_interval": None if self.interval is None else list(self.interval)}
