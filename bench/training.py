@@ -151,9 +151,11 @@ def main() -> None:
     vae = model.autoencoder
     seed_text, seed_vae = copy.deepcopy(model.text_encoder).float(), copy.deepcopy(vae).float()  # (a) is fp32
 
-    def fresh_opt():
+    def fresh_opt(ours: bool = False):
+        # (a) and (b) keep torch's default AdamW, as the seed and diffusers scripts do; ours is the config's
         model.unet.load_state_dict(init)
-        return instantiate(cfg.model.optimizer)(params=model.unet.parameters())
+        extra = {} if ours else {"fused": None, "foreach": None}
+        return instantiate(cfg.model.optimizer, **extra)(params=model.unet.parameters())
 
     def seed_loop():
         opt = fresh_opt()
@@ -177,7 +179,7 @@ def main() -> None:
             yield
 
     def our_loop(warm_text: bool):
-        opt = fresh_opt()
+        opt = fresh_opt(ours=True)
         batches = forever(ResumableDataLoader(cached, args.batch, seed=0))
         warm, cold = model.text_encoder, copy.deepcopy(model.text_encoder)
         cold.cache_size = 0

@@ -132,6 +132,25 @@ def test_channels_last_changes_the_memory_format(model_for):
     assert not model_for().unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_fused_adamw_is_the_default_and_takes_the_same_steps_as_the_loop(model_for):
+    def three_steps(*overrides):
+        model = model_for(*overrides)
+        optimizer = model.configure_optimizers()
+        optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+        for _ in range(3):
+            model._diffusion_loss(*_batch(model)).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        return optimizer, torch.cat([p.detach().flatten() for p in model.unet.parameters()])
+
+    fused, fused_weights = three_steps()
+    loop, loop_weights = three_steps("model.optimizer.fused=false")
+    assert fused.defaults["fused"] is True and not loop.defaults["fused"]
+    start = torch.cat([p.detach().flatten() for p in model_for().unet.parameters()])
+    assert (fused_weights - start).abs().max() > 1e-4  # the steps moved the weights...
+    torch.testing.assert_close(fused_weights, loop_weights, atol=1e-5, rtol=1e-4)  # ...alike
+
+
 def test_compile_runs_the_unet_through_dynamo(model_for):
     """What it checks: the UNet is compiled in place (same state_dict keys) and its forward goes
     through torch.compile. The aot_eager backend keeps this fast on CPU; inductor is the default."""
