@@ -62,6 +62,18 @@ def test_guidance_scale_one_skips_the_unconditional_half():
     assert unet.calls == [2] * 3
 
 
+def test_prompts_equal_to_the_negative_prompt_skip_the_unconditional_half_with_the_same_result():
+    skipped, unet = _run(["", ""], [0, 1], steps=3, guidance_scale=9.0)
+    assert unet.calls == [2] * 3
+    # conditioning a hair's breadth away is guided, both halves, to the same images
+    nudged = HashEncoder()(["", ""]) + 1e-7
+    both, unet = _run(["", ""], [0, 1], steps=3, guidance_scale=9.0, prompt_embeds=nudged)
+    assert unet.calls == [4] * 3
+    torch.testing.assert_close(skipped, both, atol=1e-5, rtol=1e-5)
+    _, unet = _run(["a hat", "a face"], [0, 1], steps=3, guidance_scale=9.0, negative_prompt="a hat")
+    assert unet.calls == [4] * 3  # one of them differs: both guided
+
+
 def test_ddim_is_deterministic_per_seed_and_independent_of_batch():
     alone, _ = _run(["red hat"], [5])
     batched, _ = _run(["blue", "red hat"], [4, 5])

@@ -42,8 +42,9 @@ def validate(cfg: DictConfig, steps: int) -> None:
 
 
 def sample_images(model, sampler_name: str, texts: Sequence[str], seeds: Sequence[int], steps: int,
-                  guidance: Guidance, batch_size: int, desc: str) -> torch.Tensor:
+                  guidance: Guidance | float, batch_size: int, desc: str) -> torch.Tensor:
     """(N, 3, H, W) images in [0, 1] on the CPU, one per (text, seed), generated in batches."""
+    guidance = guidance if isinstance(guidance, Guidance) else Guidance(float(guidance))
     from text_ldm.sampling.pipeline import generate
     from text_ldm.sampling.schedulers import make_sampler
 

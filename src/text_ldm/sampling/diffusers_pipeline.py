@@ -61,10 +61,11 @@ class TextLDMPipeline(DiffusionPipeline):
         shape = (self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
         noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
         latents = noise.to(device) * self.scheduler.init_noise_sigma
-        use_cfg = guidance_scale != 1.0
         context = self.encode_prompt(prompts)
+        uncond = self.encode_prompt([negative_prompt] * len(prompts)) if guidance_scale != 1.0 else None
+        use_cfg = uncond is not None and not torch.equal(context, uncond)  # equal: guidance changes nothing
         if use_cfg:
-            context = torch.cat([self.encode_prompt([negative_prompt] * len(prompts)), context])
+            context = torch.cat([uncond, context])
         context = context.to(unet_dtype)
         step_kwargs = {}
         if "generator" in inspect.signature(self.scheduler.step).parameters:

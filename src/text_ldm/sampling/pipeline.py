@@ -56,7 +56,9 @@ def generate(unet, scheduler: SchedulerMixin, text_encoder: FrozenTextEncoder, a
     - Guidance runs the conditional and unconditional halves in ONE UNet call at batch 2B
       (`batched_cfg=False`: two calls at batch B, as the seed scripts do; same result).
       `negative_prompt` replaces the empty prompt in the unconditional half. `guidance_rescale` and
-      `guidance_interval` are described in `Guidance` (sampling/guidance.py).
+      `guidance_interval` are described in `Guidance` (sampling/guidance.py). When the conditioning
+      equals the negative prompt's (the empty prompt with the default negative), guidance changes
+      nothing, so each step runs the conditional half alone.
     - prompt_embeds: (B, L, D) conditioning to use instead of encoding `prompts` (prompt mixing).
     - init_latents: (B, C, h, w) scaled latents of input images (img2img). They are noised to the
       step where `strength` of the schedule is left and denoised from there. strength=1 ignores
@@ -73,8 +75,10 @@ def generate(unet, scheduler: SchedulerMixin, text_encoder: FrozenTextEncoder, a
     cond = text_encoder(list(prompts)) if prompt_embeds is None else prompt_embeds
     cond = cond.to(device=device, dtype=unet_dtype)
     guidance = Guidance(guidance_scale, guidance_rescale, None if guidance_interval is None else tuple(guidance_interval))
-    use_cfg = guidance.enabled
-    uncond = text_encoder([negative_prompt] * len(prompts)).to(device=device, dtype=unet_dtype) if use_cfg else None
+    uncond = text_encoder([negative_prompt] * len(prompts)).to(device=device, dtype=unet_dtype) \
+        if guidance.enabled else None
+    # conditioning equal to the negative prompt's guides nowhere (uncond + w * 0): one pass gives the same prediction
+    use_cfg = guidance.enabled and not torch.equal(cond, uncond)
     context = torch.cat([uncond, cond]) if use_cfg and batched_cfg else cond
     # Stochastic samplers (DDPM, Euler ancestral) draw step noise from one generator seeded by the
     # batch's first seed; deterministic ones take no generator at all.
