@@ -84,7 +84,7 @@ def test_budget_shortens_the_run_and_the_schedule_ends_with_it(tmp_path, toy_roo
     assert step == 12 and schedule_end == 12, "3 epochs of 4 steps fit in 30 s, not the configured 6"
     assert last_lr == 0.0  # the cosine reached its end: the run was not cut mid-schedule
     assert budget["planned_epochs"] == 3 and budget["used_s"] == pytest.approx(30.0)
-    assert "3 of 6 epochs" in caplog.text and "trained 3 of the 6 epochs in 30 s" in caplog.text
+    assert "3 of 6 epochs (12 steps)" in caplog.text and "trained 12 steps (3 of the 6 epochs) in 30 s" in caplog.text
 
     # Resuming a run the budget ended trains nothing more (the plan is in the checkpoint).
     again = _budget_cfg(tmp_path, toy_root, tiny_vq_dir, "straight")
@@ -100,6 +100,21 @@ def test_budget_shortens_the_run_and_the_schedule_ends_with_it(tmp_path, toy_roo
     step, schedule_end, last_lr, _ = _end_state(longer.ckpt_path)
     assert (step, schedule_end, last_lr) == (24, 24, 0.0)
     assert "budget off: the saved plan of 3 epochs no longer holds" in caplog.text
+
+
+def test_the_plan_may_end_mid_epoch_and_a_resumed_run_stops_there(tmp_path, toy_root, tiny_vq_dir, caplog):
+    # 36 s: after epoch 0 (10 s, 4 steps) 26 s hold 10 more steps, so the run ends 2 steps into epoch 3
+    with caplog.at_level("INFO"):
+        train(_budget_cfg(tmp_path, toy_root, tiny_vq_dir, "partial", "callbacks.time_budget.minutes=0.6"))
+    saved = tmp_path / "partial" / "checkpoints" / "last.ckpt"
+    step, schedule_end, last_lr, budget = _end_state(saved)
+    assert (step, schedule_end, last_lr) == (14, 14, 0.0)
+    assert budget["planned_steps"] == 14 and budget["planned_epochs"] == 4 and budget["used_s"] == pytest.approx(35.0)
+    assert "3.5 of 6 epochs (14 steps)" in caplog.text and "trained 14 steps (3.5 of the 6 epochs)" in caplog.text
+    again = _budget_cfg(tmp_path, toy_root, tiny_vq_dir, "partial", "callbacks.time_budget.minutes=0.6")
+    again.ckpt_path = str(saved)
+    train(again)
+    assert load_checkpoint(saved)["global_step"] == 14
 
 
 def test_preempted_run_resumes_with_the_time_it_had_left(tmp_path, toy_root, tiny_vq_dir):

@@ -13,17 +13,19 @@ from text_ldm.utils.optim import TOTAL_STEP_KEYS
 
 
 class TrainingTimeBudget(Callback):
-    """Trains for at most about `minutes` of wall time (null: off), by re-planning the epoch count.
+    """Trains for at most about `minutes` of wall time (null: off), by re-planning the run's length.
 
     At each epoch end rank 0 measures the seconds per optimiser step over the last `window` epochs
-    (validation, previews and checkpoints included), works out how many more whole epochs fit in the time
-    left, and broadcasts the plan; every rank then lowers `max_epochs` to it (never above the configured
-    one) and moves the end of a re-plannable LR schedule (`utils/optim.WarmupCosine`) to the plan's last
-    step. A slow machine so gets a shorter schedule that still decays to its end, where Lightning's
-    `max_time` would stop mid-schedule with the LR still high. The time used, the plan and the recent
-    timings are saved in the checkpoint: a killed and resumed run keeps the same budget, and a run the
-    budget ended is not trained further on resume (unless resumed with the budget off or changed: then the
-    schedule's end moves back to the configured epochs). `clock` is for tests.
+    (validation, previews and checkpoints included), works out how many more steps fit in the time left,
+    and broadcasts the plan; every rank then lowers `max_epochs` to the epochs it touches (never above the
+    configured ones), stops at the plan's last step (mid-epoch if need be, through `trainer.should_stop`,
+    which still validates and checkpoints there) and moves the end of a re-plannable LR schedule
+    (`utils/optim.WarmupCosine`) to that step. A slow machine so gets a shorter schedule that still decays
+    to its end, where Lightning's `max_time` would stop mid-schedule with the LR still high. The time used
+    (up to the save), the plan and the recent timings are saved in the checkpoint: a killed and resumed run
+    keeps the same budget, and a run the budget ended is not trained further on resume (unless resumed with
+    the budget off or changed: then the schedule's end moves back to the configured epochs). `clock` is for
+    tests.
     """
 
     def __init__(self, minutes: float | None = None, window: int = 3, clock: Callable[[], float] = time.monotonic):
@@ -35,7 +37,8 @@ class TrainingTimeBudget(Callback):
         self.window, self.clock = int(window), clock
         self.used_s = 0.0  # training seconds so far, earlier (killed) runs of this job included
         self.recent: list[list[float]] = []  # [seconds, optimiser steps] of the last `window` epochs
-        self.planned_epochs: int | None = None
+        self.planned_epochs: int | None = None  # the epochs the plan touches (its last one may be partial)
+        self.planned_steps: int | None = None
         self._saved_budget_s = self.budget_s  # the budget the checkpoint's plan was made under
         self._mark: tuple[float, int] | None = None
         self._configured_epochs: int | None = None
@@ -54,12 +57,22 @@ class TrainingTimeBudget(Callback):
             return
         if self.planned_epochs is not None:  # resumed: the saved plan holds (the schedule's end was saved too)
             trainer.fit_loop.max_epochs = min(self._configured_epochs, self.planned_epochs)
+            if self.planned_steps is None:  # a checkpoint from before plans were made in steps
+                self.planned_steps = self.planned_epochs * _steps_per_epoch(trainer)
+            self._stop_at_plan(trainer)
         self._mark = (self.clock(), trainer.global_step)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        self._stop_at_plan(trainer)
+
+    def _stop_at_plan(self, trainer: L.Trainer) -> None:
+        if self.budget_s is not None and self.planned_steps is not None and trainer.global_step >= self.planned_steps:
+            trainer.should_stop = True
 
     def _drop_saved_plan(self, trainer: L.Trainer) -> None:
         """Resumed with the budget off or changed: the run may go on to the configured epochs again (the next
         epoch end re-plans under a new budget), so the LR schedule's end moves back to theirs."""
-        saved, self.planned_epochs = self.planned_epochs, None
+        saved, self.planned_epochs, self.planned_steps = self.planned_epochs, None, None
         if self.budget_s is None:
             self.used_s, self.recent = 0.0, []
         if saved < self._configured_epochs:
@@ -75,29 +88,33 @@ class TrainingTimeBudget(Callback):
         self._mark = (now, trainer.global_step)
         self.used_s += now - then
         self.recent = (self.recent + [[now - then, trainer.global_step - step_then]])[-self.window:]
-        epochs_done, steps_per_epoch = trainer.current_epoch + 1, _steps_per_epoch(trainer)
-        seconds, steps = map(sum, zip(*self.recent))
-        epoch_s = seconds / max(steps, 1) * steps_per_epoch
-        more = max(0, math.floor((self.budget_s - self.used_s) / epoch_s)) if epoch_s > 0 else 0
-        plan = trainer.strategy.broadcast(min(self._configured_epochs, epochs_done + more), src=0)
-        if plan == self.planned_epochs:
+        if trainer.should_stop:  # the plan's end (or another stop): nothing left to plan
             return
-        self.planned_epochs = plan
-        trainer.fit_loop.max_epochs = plan
-        last_step = plan * steps_per_epoch
+        steps_per_epoch, step = _steps_per_epoch(trainer), trainer.global_step
+        seconds, steps = map(sum, zip(*self.recent))
+        step_s = seconds / max(steps, 1)
+        more = max(0, math.floor((self.budget_s - self.used_s) / step_s)) if step_s > 0 else 0
+        last_step = min(self._configured_epochs * steps_per_epoch, step + more)
         if trainer.max_steps > 0:
             last_step = min(last_step, trainer.max_steps)
+        last_step = trainer.strategy.broadcast(max(step, last_step), src=0)
+        if last_step == self.planned_steps:
+            return
+        self.planned_steps, self.planned_epochs = last_step, math.ceil(last_step / steps_per_epoch)
+        trainer.fit_loop.max_epochs = self.planned_epochs
+        self._stop_at_plan(trainer)
         replanned = self._replan_schedules(trainer, last_step)
         rank_zero_info(
-            f"time budget {self.budget_s / 60:g} min: {self.used_s:.0f} s used, about {epoch_s:.0f} s an epoch -> "
-            f"{plan} of {self._configured_epochs} epochs" + (f"; the LR schedule now ends at step {last_step}"
-                                                             if replanned else ""))
+            f"time budget {self.budget_s / 60:g} min: {self.used_s:.0f} s used, about {step_s * steps_per_epoch:.0f} s "
+            f"an epoch -> {last_step / steps_per_epoch:.3g} of {self._configured_epochs} epochs ({last_step} steps)"
+            + (f"; the LR schedule now ends at step {last_step}" if replanned else ""))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.budget_s is not None and self.planned_epochs is not None and self.planned_epochs < self._configured_epochs:
-            rank_zero_info(f"time budget {self.budget_s / 60:g} min: trained {self.planned_epochs} of the "
-                           f"{self._configured_epochs} epochs in {self.used_s:.0f} s; callbacks.time_budget.minutes=null "
-                           "trains them all")
+        if self.budget_s is not None and self.planned_steps is not None \
+                and self.planned_steps < self._configured_epochs * _steps_per_epoch(trainer):
+            rank_zero_info(f"time budget {self.budget_s / 60:g} min: trained {trainer.global_step} steps "
+                           f"({trainer.global_step / _steps_per_epoch(trainer):.3g} of the {self._configured_epochs} "
+                           f"epochs) in {self.used_s:.0f} s; callbacks.time_budget.minutes=null trains them all")
 
     def _replan_schedules(self, trainer: L.Trainer, last_step: int) -> bool:
         replanned = False
@@ -113,13 +130,16 @@ class TrainingTimeBudget(Callback):
         return replanned
 
     def state_dict(self) -> dict:
-        return {"budget_s": self.budget_s, "used_s": self.used_s, "recent": self.recent,
-                "planned_epochs": self.planned_epochs}
+        # time since the last epoch end counts too: a run preempted mid-epoch resumes with the time it really used
+        used_s = self.used_s + (self.clock() - self._mark[0] if self._mark is not None else 0.0)
+        return {"budget_s": self.budget_s, "used_s": used_s, "recent": self.recent,
+                "planned_epochs": self.planned_epochs, "planned_steps": self.planned_steps}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.used_s = float(state_dict.get("used_s", 0.0))
         self.recent = [list(r) for r in state_dict.get("recent", [])]
         self.planned_epochs = state_dict.get("planned_epochs")
+        self.planned_steps = state_dict.get("planned_steps")
         self._saved_budget_s = state_dict.get("budget_s")
 
 
