@@ -35,8 +35,7 @@ def validate(cfg: DictConfig, steps: int) -> None:
             problems.append(f"{key}={cfg[key]} must be >= 1")
     if steps < 1:
         problems.append(f"steps={steps} must be >= 1")
-    problems += Guidance.problems(cfg.guidance_scale, cfg.get("guidance_rescale", 0.0) or 0.0,
-                                  cfg.get("guidance_interval"))
+    problems += Guidance.cfg_problems(cfg)
     if problems:
         raise ValueError("; ".join(problems))
 

@@ -41,8 +41,7 @@ def validate(cfg: DictConfig, steps: int) -> None:
     problems = []
     if steps < 1:
         problems.append(f"steps={steps} must be >= 1")
-    problems += Guidance.problems(cfg.guidance_scale, cfg.get("guidance_rescale", 0.0) or 0.0,
-                                  cfg.get("guidance_interval"))
+    problems += Guidance.cfg_problems(cfg)
     if cfg.num_images_per_prompt < 1:
         problems.append(f"num_images_per_prompt={cfg.num_images_per_prompt} must be >= 1")
     if cfg.batch_size < 1:

@@ -44,12 +44,20 @@ class Guidance:
                              "(training timesteps, 0 = clean), or null for every step")
         return found
 
+    @staticmethod
+    def _cfg_values(cfg) -> tuple[float, float, Sequence[float] | None]:
+        return cfg.guidance_scale, cfg.get("guidance_rescale", 0.0) or 0.0, cfg.get("guidance_interval")
+
+    @classmethod
+    def cfg_problems(cls, cfg) -> list[str]:
+        """`problems` of a sample.py / evaluate.py config's guidance_scale, guidance_rescale, guidance_interval."""
+        return cls.problems(*cls._cfg_values(cfg))
+
     @classmethod
     def from_cfg(cls, cfg) -> "Guidance":
         """From a sample.py / evaluate.py config: guidance_scale, guidance_rescale, guidance_interval."""
-        interval = cfg.get("guidance_interval")
-        return cls(float(cfg.guidance_scale), float(cfg.get("guidance_rescale", 0.0) or 0.0),
-                   None if interval is None else tuple(interval))
+        scale, rescale, interval = cls._cfg_values(cfg)
+        return cls(float(scale), float(rescale), None if interval is None else tuple(interval))
 
     @property
     def enabled(self) -> bool:
