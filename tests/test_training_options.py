@@ -151,6 +151,24 @@ def test_fused_adamw_is_the_default_and_takes_the_same_steps_as_the_loop(model_f
     torch.testing.assert_close(fused_weights, loop_weights, atol=1e-5, rtol=1e-4)  # ...alike
 
 
+def test_muon_config_orthogonalises_the_unet_kernels_and_leaves_the_rest_to_adamw(model_for):
+    from text_ldm.utils.muon import MuonWithAdamW
+
+    model = model_for("model/optimizer=muon")
+    optimizer = model.configure_optimizers()
+    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+    assert isinstance(optimizer, MuonWithAdamW)
+    muon, adamw = (set(group["param_names"]) for group in optimizer.param_groups)
+    kernels = {n for n, p in model.unet.named_parameters() if p.ndim == 4}
+    assert {"conv_in.weight", "conv_out.weight"} <= adamw and kernels - {"conv_in.weight", "conv_out.weight"} <= muon
+    assert all(p.ndim >= 2 for n, p in model.unet.named_parameters() if n in muon)
+    start = {n: p.detach().clone() for n, p in model.unet.named_parameters()}
+    model._diffusion_loss(*_batch(model)).backward()
+    optimizer.step()
+    moved = {n for n, p in model.unet.named_parameters() if not torch.equal(p, start[n])}
+    assert kernels <= moved
+
+
 def test_compile_runs_the_unet_through_dynamo(model_for):
     """What it checks: the UNet is compiled in place (same state_dict keys) and its forward goes
     through torch.compile. The aot_eager backend keeps this fast on CPU; inductor is the default."""

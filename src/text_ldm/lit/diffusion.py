@@ -173,7 +173,7 @@ class LatentDiffusion(L.LightningModule):
             self._rng_to_restore = None
 
     def configure_optimizers(self):
-        return configure_from_partials(self.unet.parameters(), self.hparams.optimizer, self.hparams.lr_scheduler,
+        return configure_from_partials(self.unet.named_parameters(), self.hparams.optimizer, self.hparams.lr_scheduler,
                                        total_steps=lambda: int(self.trainer.estimated_stepping_batches))
 
     @torch.no_grad()
