@@ -105,3 +105,38 @@ def test_a_reloaded_optimizer_continues_bit_for_bit():
     run(range(3, 5), resumed, resumed_opt)
     for a, b in zip(straight.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
+
+
+def _ddp_rank(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    import text_ldm.utils.muon as muon
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    calls = []
+    real = muon.orthogonalize
+    muon.orthogonalize = lambda matrix, steps: calls.append(matrix.shape) or real(matrix, steps)
+    net = _net()
+    opt = MuonWithAdamW(net.named_parameters(), lr=0.01)
+    for seed in range(3):
+        _grads(net, seed)  # the same on every rank, as after DDP's all-reduce
+        opt.step()
+    torch.save({"weights": net.state_dict(), "calls": len(calls)}, f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_under_ddp_each_rank_orthogonalises_its_share_and_all_end_with_one_process_weights(tmp_path):
+    import torch.multiprocessing as mp
+
+    alone = _net()
+    opt = MuonWithAdamW(alone.named_parameters(), lr=0.01)
+    for seed in range(3):
+        _grads(alone, seed)
+        opt.step()
+    mp.spawn(_ddp_rank, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for rank in ranks:
+        for name, weight in alone.state_dict().items():
+            assert torch.equal(rank["weights"][name], weight), name
+    # two matrices, three steps: one matrix a step on each rank, not both
+    assert [rank["calls"] for rank in ranks] == [3, 3]

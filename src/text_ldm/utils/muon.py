@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterable, Sequence
 
 import torch
+import torch.distributed as dist
 
 # torch.optim.Muon's quintic Newton-Schulz coefficients (Keller Jordan's).
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -69,17 +70,42 @@ class MuonWithAdamW(torch.optim.AdamW):
         muon_grads = []
         for group in self.param_groups:
             if group["muon"]:
-                for param in group["params"]:
-                    if param.grad is not None:
-                        self._muon_update(param, group)
-                        muon_grads.append((param, param.grad))
-                        param.grad = None  # AdamW's step below skips parameters without a gradient
+                params = [p for p in group["params"] if p.grad is not None]
+                self._muon_step(params, group)
+                muon_grads += [(p, p.grad) for p in params]
+        for param, _ in muon_grads:
+            param.grad = None  # AdamW's step below skips parameters without a gradient
         super().step()
         for param, grad in muon_grads:
             param.grad = grad
         return loss
 
-    def _muon_update(self, param: torch.Tensor, group: dict) -> None:
+    def _muon_step(self, params: list[torch.Tensor], group: dict) -> None:
+        """Under DDP every rank holds the same gradients, so each orthogonalises only its share of the
+        matrices and one all-reduce hands every rank all of them: the same numbers as one process,
+        1/world of the Newton-Schulz work."""
+        directions = [self._momentum_direction(p, group) for p in params]
+        world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_available() and dist.is_initialized() else (1, 0)
+        owners = share_out([d.shape for d in directions], world)
+        if world == 1:
+            updates = [orthogonalize(d, group["ns_steps"]) for d in directions]
+        else:
+            flat = torch.zeros(sum(d.numel() for d in directions), device=directions[0].device)
+            pieces = list(flat.split([d.numel() for d in directions]))
+            for piece, direction, owner in zip(pieces, directions, owners):
+                if owner == rank:
+                    piece.copy_(orthogonalize(direction, group["ns_steps"]).flatten())
+            dist.all_reduce(flat)  # each piece is non-zero on its owner only: the sum is exact
+            updates = [piece.view_as(d) for piece, d in zip(pieces, directions)]
+        lr = float(group["lr"])
+        for param, update in zip(params, updates):
+            # Moonlight's scale: an orthogonal (A, B) update has RMS 1/sqrt(max(A, B)); this gives AdamW's ~0.2.
+            scale = 0.2 * math.sqrt(max(update.shape))
+            param.mul_(1 - lr * group["weight_decay"])
+            param.add_(update.view_as(param).to(param.dtype), alpha=-lr * scale)
+
+    def _momentum_direction(self, param: torch.Tensor, group: dict) -> torch.Tensor:
+        """Updates the momentum buffer; returns the (out, in * kh * kw) direction to orthogonalise."""
         state = self.state[param]
         if "momentum_buffer" not in state:
             # AdamW's load_state_dict expects a step count in every state.
@@ -88,11 +114,14 @@ class MuonWithAdamW(torch.optim.AdamW):
         state["step"] += 1
         buf = state["momentum_buffer"]
         buf.lerp_(param.grad, 1 - group["momentum"])
-        update = param.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
-        matrix = update.reshape(update.shape[0], -1)
-        orthogonal = orthogonalize(matrix, group["ns_steps"])
-        # Moonlight's scale: an orthogonal update's RMS is 1/sqrt(max(A, B)); 0.2 * sqrt(max(A, B)) gives it AdamW's ~0.2.
-        scale = 0.2 * math.sqrt(max(matrix.shape))
-        lr = float(group["lr"])
-        param.mul_(1 - lr * group["weight_decay"])
-        param.add_(orthogonal.view_as(param).to(param.dtype), alpha=-lr * scale)
+        direction = param.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
+        return direction.reshape(direction.shape[0], -1).float()
+
+
+def share_out(shapes: Sequence[torch.Size], world: int) -> list[int]:
+    """The rank that orthogonalises each matrix: greedily balances Newton-Schulz cost (min(A, B)^2 max(A, B))."""
+    load, owners = [0.0] * world, [0] * len(shapes)
+    for i in sorted(range(len(shapes)), key=lambda i: -min(shapes[i]) ** 2 * max(shapes[i])):
+        owners[i] = min(range(world), key=load.__getitem__)
+        load[owners[i]] += min(shapes[i]) ** 2 * max(shapes[i])
+    return owners
