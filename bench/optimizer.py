@@ -1,11 +1,13 @@
-"""AdamW's three implementations on a training step of the same UNet, side by side in one process.
+"""AdamW's three implementations, and Muon + AdamW, on a training step of the same UNet, side by side in one process.
 
     python bench/optimizer.py [--model unet_demo] [--batch 16] [--threads 1] [--reps 40] [--device cpu]
 
 Defaults are one `make demo` process: unet_demo on 4 x 16 x 16 latents, batch 16, one thread. Each rep runs a
 whole step (forward, backward, optimizer.step, zero_grad) for every variant in turn, then times optimizer.step
 alone on fixed gradients; the table gives medians, so machine load hits every variant alike. The last column is
-how far each variant's weights drifted from the for-loop one's after all reps (rounding only: same maths).
+how far each variant's weights drifted from the for-loop one's after all reps (rounding only for the AdamW
+variants: same maths; Muon takes other steps, so n/a). Muon's row is one process doing all the orthogonalisation:
+under DDP each rank does its share.
 """
 from __future__ import annotations
 
@@ -19,9 +21,12 @@ from hydra import compose, initialize_config_dir
 
 from text_ldm.models.unet import build_unet
 from text_ldm.utils.config import plain
+from text_ldm.utils.muon import MuonWithAdamW
 
-VARIANTS = {"for-loop (torch's CPU default)": {"foreach": False}, "foreach": {"foreach": True},
-            "fused (the config's default)": {"fused": True}}
+VARIANTS = {"AdamW, for-loop (torch's CPU default)": (torch.optim.AdamW, {"foreach": False}),
+            "AdamW, foreach": (torch.optim.AdamW, {"foreach": True}),
+            "AdamW, fused (the config's default)": (torch.optim.AdamW, {"fused": True}),
+            "Muon + fused AdamW (`model/optimizer=muon`)": (MuonWithAdamW, {"fused": True})}
 
 
 def main() -> None:
@@ -41,10 +46,10 @@ def main() -> None:
     t = torch.randint(0, 1000, (args.batch,), generator=gen).to(device)
     ctx = torch.randn(args.batch, 32, 384, generator=gen).to(device)
     setups = {}
-    for name, kwargs in VARIANTS.items():
+    for name, (optimizer, kwargs) in VARIANTS.items():
         torch.manual_seed(0)
         unet = build_unet(plain(cfg.model.unet), 4, 16, 384).to(device)
-        setups[name] = (unet, torch.optim.AdamW(unet.parameters(), lr=1e-4, weight_decay=0.01, **kwargs))
+        setups[name] = (unet, optimizer(unet.named_parameters(), lr=1e-4, weight_decay=0.01, **kwargs))
     fixed_grads = [torch.full_like(p, 1e-3) for p in next(iter(setups.values()))[0].parameters()]
 
     def sync():
@@ -77,7 +82,7 @@ def main() -> None:
                 opt_s[name].append(time.perf_counter() - start)
             opt.zero_grad()
     print(f"{args.model}, batch {args.batch}, {args.threads} thread(s), {args.device}, {args.reps} reps (medians)")
-    print("| AdamW | optimizer.step ms | whole step ms | whole step vs for-loop | weights vs for-loop (max abs) |")
+    print("| optimizer | optimizer.step ms | whole step ms | whole step vs for-loop | weights vs for-loop (max abs) |")
     print("|---|---|---|---|---|")
     base_name = next(iter(setups))
     base = statistics.median(step_s[base_name])
@@ -85,8 +90,9 @@ def main() -> None:
     for name, (unet, _) in setups.items():
         whole = statistics.median(step_s[name])
         drift = max((a - b).abs().max().item() for a, b in zip(unet.parameters(), base_params))
+        drift = "n/a" if name.startswith("Muon") else f"{drift:.1e}"
         print(f"| {name} | {1000 * statistics.median(opt_s[name]):.1f} | {1000 * whole:.1f} | {base / whole:.2f}x "
-              f"| {drift:.1e} |")
+              f"| {drift} |")
 
 
 if __name__ == "__main__":
