@@ -22,7 +22,8 @@ ADAMW_NAMES = ("conv_in.", "conv_out.", "time_emb", "add_embedding.")
 
 def orthogonalize(matrix: torch.Tensor, steps: int) -> torch.Tensor:
     """(A, B) -> (A, B) with singular values near 1: torch.optim.Muon's iteration, in the input's
-    dtype. torch's own runs in bf16, which CPUs without bf16 kernels emulate 300x slower."""
+    dtype (fp32 here). torch's own runs in bf16, which CPUs without bf16 kernels emulate: 3.3 s instead
+    of 0.2 s for unet_demo's matrices on one thread."""
     a, b, c = NS_COEFFICIENTS
     x = matrix.T if matrix.shape[0] > matrix.shape[1] else matrix
     x = x / x.norm().clamp(min=1e-7)
@@ -84,6 +85,8 @@ class MuonWithAdamW(torch.optim.AdamW):
         """Under DDP every rank holds the same gradients, so each orthogonalises only its share of the
         matrices and one all-reduce hands every rank all of them: the same numbers as one process,
         1/world of the Newton-Schulz work."""
+        if not params:
+            return
         directions = [self._momentum_direction(p, group) for p in params]
         world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_available() and dist.is_initialized() else (1, 0)
         owners = share_out([d.shape for d in directions], world)
