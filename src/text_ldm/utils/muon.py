@@ -89,10 +89,10 @@ class MuonWithAdamW(torch.optim.AdamW):
             return
         directions = [self._momentum_direction(p, group) for p in params]
         world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_available() and dist.is_initialized() else (1, 0)
-        owners = share_out([d.shape for d in directions], world)
         if world == 1:
             updates = [orthogonalize(d, group["ns_steps"]) for d in directions]
         else:
+            owners = share_out([d.shape for d in directions], world)
             flat = torch.zeros(sum(d.numel() for d in directions), device=directions[0].device)
             pieces = list(flat.split([d.numel() for d in directions]))
             for piece, direction, owner in zip(pieces, directions, owners):
