@@ -66,9 +66,14 @@ class FakeTime(Callback):
 
     now = 0.0
 
-    def __init__(self, seconds_per_batch: float, rank_slowdown: float = 0.0):
+    def __init__(self, seconds_per_batch: float, rank_slowdown: float = 0.0, seconds_per_validation: float = 0.0):
         FakeTime.now = 0.0
         self.seconds_per_batch, self.rank_slowdown = float(seconds_per_batch), float(rank_slowdown)
+        self.seconds_per_validation = float(seconds_per_validation)
+
+    def on_validation_start(self, trainer, pl_module):
+        if not trainer.sanity_checking:  # after the budget's own hook has read the clock
+            FakeTime.now += self.seconds_per_validation
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         FakeTime.now += self.seconds_per_batch * (1 + trainer.global_rank * self.rank_slowdown)

@@ -58,6 +58,8 @@ def test_bad_budgets_are_refused(tmp_path, toy_root, tiny_vq_dir):
         TrainingTimeBudget(minutes=0)
     with pytest.raises(ValueError, match="window"):
         TrainingTimeBudget(minutes=1, window=0)
+    with pytest.raises(ValueError, match="ends_by=-5"):
+        TrainingTimeBudget(minutes=1, ends_by=-5)
     endless = _budget_cfg(tmp_path, toy_root, tiny_vq_dir, "endless", "trainer.max_epochs=-1", "trainer.max_steps=4")
     with pytest.raises(ValueError, match="set trainer.max_epochs"):
         train(endless)
@@ -115,6 +117,31 @@ def test_the_plan_may_end_mid_epoch_and_a_resumed_run_stops_there(tmp_path, toy_
     again.ckpt_path = str(saved)
     train(again)
     assert load_checkpoint(saved)["global_step"] == 14
+
+
+def test_ends_by_cuts_the_budget_on_the_wall_clock(tmp_path, toy_root, tiny_vq_dir, caplog):
+    """`make demo`'s deadline: 30 s of budget, but the wall clock says stop at 22 s. After epoch 0 (10 s) 12 s
+    are left, 4 steps; after epoch 1 (20 s) 2 s, less than a step: the run ends at 8 steps, not the budget's 12."""
+    wall = ["callbacks.time_budget.ends_by=22", "+callbacks.time_budget.wall_clock._target_=probe_callbacks.fake_now",
+            "+callbacks.time_budget.wall_clock._partial_=true"]
+    with caplog.at_level("INFO"):
+        train(_budget_cfg(tmp_path, toy_root, tiny_vq_dir, "deadline", *wall))
+    step, schedule_end, last_lr, budget = _end_state(tmp_path / "deadline" / "checkpoints" / "last.ckpt")
+    assert (step, schedule_end, last_lr, budget["planned_epochs"]) == (8, 8, 0.0, 2)
+    assert "ends by" in caplog.text and "trained 8 steps" in caplog.text
+
+
+def test_the_plan_keeps_back_the_final_validation(tmp_path, toy_root, tiny_vq_dir):
+    """36 s, 2.5 s a batch and 3 s a validation: epoch 0 takes 13 s for 4 steps. Counting the validation the run
+    still makes where it stops, 36 - 13 - 3 = 20 s hold 6 more steps (10 in all), ending at 26 + 5 + 3 = 34 s;
+    without it the plan was 11 steps, ending at 36.5 s."""
+    cfg = _budget_cfg(tmp_path, toy_root, tiny_vq_dir, "validated", "callbacks.time_budget.minutes=0.6",
+                      "trainer.limit_val_batches=1", "+callbacks.fake_time.seconds_per_validation=3.0")
+    train(cfg)
+    from probe_callbacks import FakeTime
+    step, schedule_end, _, budget = _end_state(tmp_path / "validated" / "checkpoints" / "last.ckpt")
+    assert (step, schedule_end) == (10, 10)
+    assert FakeTime.now == pytest.approx(34.0) and FakeTime.now <= 36.0
 
 
 def test_preempted_run_resumes_with_the_time_it_had_left(tmp_path, toy_root, tiny_vq_dir):

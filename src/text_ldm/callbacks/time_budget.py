@@ -24,17 +24,28 @@ class TrainingTimeBudget(Callback):
     to its end, where Lightning's `max_time` would stop mid-schedule with the LR still high. The time used
     (up to the save), the plan and the recent timings are saved in the checkpoint: a killed and resumed run
     keeps the same budget, and a run the budget ended is not trained further on resume (unless resumed with
-    the budget off or changed: then the schedule's end moves back to the configured epochs). `clock` is for
-    tests.
+    the budget off or changed: then the schedule's end moves back to the configured epochs).
+
+    `ends_by` (Unix time, optional) also ends the budget at that moment of the wall clock, whichever comes
+    first: `make demo` sets it from the moment make started, so the install and the data's time come out of
+    the training's and a fast hour trains longer than a slow one. It is not saved: a resumed run takes the one
+    it is given. The plan keeps back the last validation's time, as the run still validates where it stops.
+    `clock` (intervals) and `wall_clock` (for `ends_by`) are for tests.
     """
 
-    def __init__(self, minutes: float | None = None, window: int = 3, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, minutes: float | None = None, window: int = 3, ends_by: float | None = None,
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time):
         if minutes is not None and not minutes > 0:
             raise ValueError(f"callbacks.time_budget.minutes={minutes} must be > 0 (or null: no budget)")
         if window < 1:
             raise ValueError(f"callbacks.time_budget.window={window} must be >= 1 epoch")
+        if ends_by is not None and not float(ends_by) > 0:
+            raise ValueError(f"callbacks.time_budget.ends_by={ends_by} must be a Unix time (seconds) or null")
         self.budget_s = None if minutes is None else 60.0 * float(minutes)
-        self.window, self.clock = int(window), clock
+        self.window, self.clock, self.wall_clock = int(window), clock, wall_clock
+        self.ends_by = None if ends_by is None else float(ends_by)
+        self.validation_s = 0.0  # the last validation's wall time during fit
+        self._validation_start: float | None = None
         self.used_s = 0.0  # training seconds so far, earlier (killed) runs of this job included
         self.recent: list[list[float]] = []  # [seconds, optimiser steps] of the last `window` epochs
         self.planned_epochs: int | None = None  # the epochs the plan touches (its last one may be partial)
@@ -55,12 +66,22 @@ class TrainingTimeBudget(Callback):
             self._drop_saved_plan(trainer)
         if self.budget_s is None:
             return
+        if self.ends_by is not None and self.ends_by <= self.wall_clock():
+            rank_zero_warn(f"time budget: callbacks.time_budget.ends_by has passed ({self.wall_clock() - self.ends_by:.0f} s "
+                           "ago): the run stops at its first epoch end")
         if self.planned_epochs is not None:  # resumed: the saved plan holds (the schedule's end was saved too)
             trainer.fit_loop.max_epochs = min(self._configured_epochs, self.planned_epochs)
             if self.planned_steps is None:  # a checkpoint from before plans were made in steps
                 self.planned_steps = self.planned_epochs * _steps_per_epoch(trainer)
             self._stop_at_plan(trainer)
         self._mark = (self.clock(), trainer.global_step)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validation_start = None if trainer.sanity_checking else self.clock()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._validation_start is not None:
+            self.validation_s, self._validation_start = self.clock() - self._validation_start, None
 
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         self._stop_at_plan(trainer)
@@ -93,7 +114,7 @@ class TrainingTimeBudget(Callback):
         steps_per_epoch, step = _steps_per_epoch(trainer), trainer.global_step
         seconds, steps = map(sum, zip(*self.recent))
         step_s = seconds / max(steps, 1)
-        more = max(0, math.floor((self.budget_s - self.used_s) / step_s)) if step_s > 0 else 0
+        more = max(0, math.floor(self._seconds_left() / step_s)) if step_s > 0 else 0
         last_step = min(self._configured_epochs * steps_per_epoch, step + more)
         if trainer.max_steps > 0:
             last_step = min(last_step, trainer.max_steps)
@@ -105,14 +126,26 @@ class TrainingTimeBudget(Callback):
         self._stop_at_plan(trainer)
         replanned = self._replan_schedules(trainer, last_step)
         rank_zero_info(
-            f"time budget {self.budget_s / 60:g} min: {self.used_s:.0f} s used, about {step_s * steps_per_epoch:.0f} s "
+            f"{self._label()}: {self.used_s:.0f} s used, about {step_s * steps_per_epoch:.0f} s "
             f"an epoch -> {last_step / steps_per_epoch:.3g} of {self._configured_epochs} epochs ({last_step} steps)"
             + (f"; the LR schedule now ends at step {last_step}" if replanned else ""))
+
+    def _label(self) -> str:
+        ends = "" if self.ends_by is None else time.strftime(", ends by %H:%M:%S", time.localtime(self.ends_by))
+        return f"time budget {self.budget_s / 60:g} min{ends}"
+
+    def _seconds_left(self) -> float:
+        """Training seconds the plan may still spend: the budget's, or fewer where `ends_by` comes first,
+        less the final validation's (the run validates where it stops)."""
+        left = self.budget_s - self.used_s
+        if self.ends_by is not None:
+            left = min(left, self.ends_by - self.wall_clock())
+        return left - self.validation_s
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.budget_s is not None and self.planned_steps is not None \
                 and self.planned_steps < self._configured_epochs * _steps_per_epoch(trainer):
-            rank_zero_info(f"time budget {self.budget_s / 60:g} min: trained {trainer.global_step} steps "
+            rank_zero_info(f"{self._label()}: trained {trainer.global_step} steps "
                            f"({trainer.global_step / _steps_per_epoch(trainer):.3g} of the {self._configured_epochs} "
                            f"epochs) in {self.used_s:.0f} s; callbacks.time_budget.minutes=null trains them all")
 
