@@ -1,9 +1,16 @@
 """The `make demo` recipe (issue #4): it composes, and its pooled-text path really conditions the UNet."""
 from __future__ import annotations
 
-import torch
+import re
+import shutil
+import subprocess
+import time
 
-from conftest import compose_config
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from conftest import ROOT, compose_config
 from text_ldm.models.unet import build_unet
 from text_ldm.utils.config import plain
 
@@ -17,11 +24,27 @@ def test_demo_experiment_composes_its_recipe(tmp_path):
     assert cfg.model.preview.guidance_scale == 9.0 and cfg.data.caption_length_power == 4
     assert list(cfg.data.balance_attributes) == ["Male", "No_Beard"] and cfg.data.balance_power == 1.0
     assert cfg.model.lr_scheduler._target_.endswith("warmup_cosine_schedule")  # re-plannable by the budget
-    assert 0 < cfg.callbacks.time_budget.minutes <= 10
+    assert 0 < cfg.callbacks.time_budget.minutes <= 12
     assert cfg.model.timestep_sampling.kind == "logit_normal" and cfg.model.timestep_sampling.mean > 0
     assert (cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.strategy, cfg.num_threads) == ("cpu", 2, "ddp", 1)
     unet = build_unet(plain(cfg.model.unet), 4, 16, 384)
     assert unet.add_embedding is not None
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_demo_ends_training_before_its_minutes_are_up(tmp_path):
+    """The 15 minutes count from when make starts: train.py gets a wall-clock end DEMO_RESERVE_S before them,
+    which reaches the time budget callback."""
+    before = time.time()
+    dry_run = subprocess.run(["make", "-n", "demo", "DEMO_MINUTES=15", "DEMO_RESERVE_S=75"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+    after = time.time()
+    assert dry_run.returncode == 0, dry_run.stderr
+    ends_by = int(re.search(r"callbacks\.time_budget\.ends_by=(\d+)", dry_run.stdout).group(1))
+    assert int(before) + 825 <= ends_by <= after + 825
+    cfg = compose_config("train", ["experiment=demo", f"paths.root_dir={tmp_path}", f"callbacks.time_budget.ends_by={ends_by}"])
+    budget = instantiate(cfg.callbacks.time_budget)
+    assert budget.ends_by == ends_by and budget.budget_s == 60 * cfg.callbacks.time_budget.minutes
 
 
 def _no_cross_attention(unet_cfg: dict, pooled: bool) -> dict:
