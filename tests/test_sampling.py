@@ -84,6 +84,20 @@ def test_ddim_is_deterministic_per_seed_and_independent_of_batch():
     assert (other - alone).abs().max() > 1e-3
 
 
+def test_ddim_eta_draws_seeded_noise_and_other_samplers_refuse_it():
+    deterministic, _ = _run(["red hat"], [5], eta=0.0)
+    default, _ = _run(["red hat"], [5])
+    torch.testing.assert_close(deterministic, default)
+    noisy, _ = _run(["red hat"], [5], eta=1.0)
+    again, _ = _run(["red hat"], [5], eta=1.0)
+    torch.testing.assert_close(noisy, again)  # the step noise comes from the seed
+    assert (noisy - deterministic).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="eta=0.5.*EulerAncestral"):
+        _run(["red hat"], [5], sampler="euler_a", eta=0.5)
+    with pytest.raises(ValueError, match="eta=1.5"):
+        _run(["red hat"], [5], eta=1.5)
+
+
 def test_negative_prompt_changes_the_result():
     plain, _ = _run(["a face"], [0])
     negative, _ = _run(["a face"], [0], negative_prompt="a hat")

@@ -2,6 +2,8 @@
 precision, diffusers export, and the mismatched-checkpoint error."""
 from __future__ import annotations
 
+import json
+
 import copy
 
 import numpy as np
@@ -82,6 +84,14 @@ def test_img2img_cli_strength_zero_writes_the_reconstruction(tmp_path, ckpt, mod
     _cli(tmp_path, ckpt, f"prompt={PROMPT}", f"init_image={face}", "strength=0")
     recon = decode(model.autoencoder, encode_image(model.autoencoder, face, 32))[0]
     assert (_png(tmp_path / "0000_00.png") - recon).abs().max() <= 1 / 255 + 1e-6
+
+
+def test_cli_sampler_eta_reaches_the_sampler_and_the_metadata(tmp_path, ckpt):
+    _cli(tmp_path / "eta0", ckpt, f"prompt={PROMPT}")
+    _cli(tmp_path / "eta1", ckpt, f"prompt={PROMPT}", "sampler.eta=1.0")
+    assert (_png(tmp_path / "eta1" / "0000_00.png") - _png(tmp_path / "eta0" / "0000_00.png")).abs().max() > 2 / 255
+    records = [json.loads(line) for line in (tmp_path / "eta1" / "samples.jsonl").read_text().splitlines()]
+    assert records[0]["eta"] == 1.0
 
 
 # prompt mixing ------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def validate(cfg: DictConfig, steps: int) -> None:
 
 
 def sample_images(model, sampler_name: str, texts: Sequence[str], seeds: Sequence[int], steps: int,
-                  guidance: Guidance | float, batch_size: int, desc: str) -> torch.Tensor:
+                  guidance: Guidance | float, batch_size: int, desc: str, eta: float = 0.0) -> torch.Tensor:
     """(N, 3, H, W) images in [0, 1] on the CPU, one per (text, seed), generated in batches."""
     guidance = guidance if isinstance(guidance, Guidance) else Guidance(float(guidance))
     from text_ldm.sampling.pipeline import generate
@@ -53,7 +53,7 @@ def sample_images(model, sampler_name: str, texts: Sequence[str], seeds: Sequenc
         out.append(generate(model.unet, sampler, model.text_encoder, model.autoencoder,
                             list(texts[start: start + batch_size]), list(seeds[start: start + batch_size]),
                             model.latent_shape, steps=steps, guidance_scale=guidance.scale,
-                            guidance_rescale=guidance.rescale, guidance_interval=guidance.interval).cpu())
+                            guidance_rescale=guidance.rescale, guidance_interval=guidance.interval, eta=eta).cpu())
     return torch.cat(out)
 
 
@@ -105,11 +105,12 @@ def evaluate(cfg: DictConfig) -> dict:
     seeds = [seed + j for j in range(len(texts))]
     files = [f"{p:04d}_{i:02d}.png" for p in range(len(prompts)) for i in range(k)]
     out_dir = Path(cfg.out_dir)
+    eta = float(cfg.sampler.get("eta", 0.0))
     samples = sample_images(model, cfg.sampler.name, texts, seeds, steps, guidance, int(cfg.batch_size),
-                           "prompted")
+                           "prompted", eta)
     _save_pngs(samples, out_dir / "samples", files)
     empty = sample_images(model, cfg.sampler.name, [""] * len(texts), seeds, steps, guidance, int(cfg.batch_size),
-                          "empty prompt")
+                          "empty prompt", eta)
     _save_pngs(empty, out_dir / "empty_prompt", files)
     fake = to_uint8(samples, size)
 
@@ -122,7 +123,8 @@ def evaluate(cfg: DictConfig) -> dict:
     clip_value, clip_reason = clip_score(to_uint8(samples, samples.shape[-1]), texts, str(cfg.clip_model))
 
     table = format_table(names, {COLUMNS[key]: col for key, col in scores.items()})
-    print(f"\nattribute accuracy (%), {len(prompts)} prompts x {k} images, {cfg.sampler.name} {steps} steps, "
+    print(f"\nattribute accuracy (%), {len(prompts)} prompts x {k} images, {cfg.sampler.name} {steps} steps"
+          f"{f' eta {eta:g}' if eta else ''}, "
           f"guidance {guidance.describe()}, seed {seed}; '—' = no prompt states it\n{table}\n")
     print(f"autoencoder reconstruction gap (ceiling - reconstructions, mean accuracy): {recon['gap']['mean']:+.4f}")
     print(dist["line"])
@@ -130,7 +132,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
     metrics = {
         "ckpt": str(cfg.ckpt), "data_root": str(layout.root), "image_size": size,
-        "n_prompts": len(prompts), "num_images_per_prompt": k, "sampler": str(cfg.sampler.name), "steps": steps,
+        "n_prompts": len(prompts), "num_images_per_prompt": k, "sampler": str(cfg.sampler.name), "steps": steps, "eta": eta,
         **guidance.as_dict(), "seed": seed, "use_ema": bool(cfg.use_ema), "attributes": list(names),
         "attribute_accuracy": scores, "reconstruction_gap": recon["gap"],
         "classifier": {"path": str(clf_path), "config": dataclasses.asdict(clf_config), "num_train": len(train_ids),

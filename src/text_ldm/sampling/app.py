@@ -122,6 +122,7 @@ def sample(cfg: DictConfig) -> Path:
             out = generate(model.unet, sampler, model.text_encoder, model.autoencoder, texts, seeds,
                            model.latent_shape, steps=steps, guidance_scale=guidance.scale,
                            guidance_rescale=guidance.rescale, guidance_interval=guidance.interval,
+                           eta=float(cfg.sampler.get("eta", 0.0)),
                            negative_prompt=str(cfg.negative_prompt),
                            prompt_embeds=encode_prompts(model.text_encoder, texts),
                            init_latents=None if init is None else init.repeat(len(batch), 1, 1, 1),
@@ -133,7 +134,7 @@ def sample(cfg: DictConfig) -> Path:
             atomic_save_png(to_pil(image), out_dir / f"{name}.png")
             images.append(image)
             records.append({"file": f"{name}.png", "prompt": prompts[p], "seed": seed, "sampler": cfg.sampler.name,
-                            "steps": steps, **guidance.as_dict(),
+                            "steps": steps, "eta": float(cfg.sampler.get("eta", 0.0)), **guidance.as_dict(),
                             "negative_prompt": str(cfg.negative_prompt), "precision": precision,
                             **({"init_image": str(init_image), "strength": strength} if init_image else {})})
     atomic_write_text(out_dir / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in records))

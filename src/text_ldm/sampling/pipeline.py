@@ -49,7 +49,8 @@ def generate(unet, scheduler: SchedulerMixin, text_encoder: FrozenTextEncoder, a
              guidance_scale: float = 3.0, guidance_rescale: float = 0.0,
              guidance_interval: Sequence[float] | None = None, negative_prompt: str = "", progress: bool = False,
              prompt_embeds: torch.Tensor | None = None, init_latents: torch.Tensor | None = None,
-             strength: float = 1.0, batched_cfg: bool = True, on_step: StepCallback | None = None) -> torch.Tensor:
+             strength: float = 1.0, batched_cfg: bool = True, on_step: StepCallback | None = None,
+             eta: float = 0.0) -> torch.Tensor:
     """Sample one image per prompt.
 
     prompts, seeds: B each. latent_shape: (C, h, w). Returns (B, 3, H, W) images in [0, 1].
@@ -63,12 +64,18 @@ def generate(unet, scheduler: SchedulerMixin, text_encoder: FrozenTextEncoder, a
     - init_latents: (B, C, h, w) scaled latents of input images (img2img). They are noised to the
       step where `strength` of the schedule is left and denoised from there. strength=1 ignores
       them (pure text-to-image from the seed's noise); strength=0 returns their decoding.
+    - eta (DDIM only): the share of each step's variance drawn as fresh noise (Song et al. 2021, eq. 16);
+      0 is deterministic DDIM, 1 DDPM's posterior variance.
     - The UNet may run in bf16/fp16; latents and scheduler arithmetic stay in float32.
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength={strength} must be in [0, 1]")
+    takes_eta = "eta" in inspect.signature(scheduler.step).parameters
+    if not 0.0 <= eta <= 1.0 or (eta and not takes_eta):
+        raise ValueError(f"eta={eta}: must be in [0, 1], and only a sampler that takes it (ddim) can use more than 0, "
+                         f"not {type(scheduler).__name__}")
     param = next(unet.parameters())
     device, unet_dtype = param.device, param.dtype
     noise = initial_noise(seeds, latent_shape, device, torch.float32)
@@ -80,11 +87,13 @@ def generate(unet, scheduler: SchedulerMixin, text_encoder: FrozenTextEncoder, a
     # conditioning equal to the negative prompt's guides nowhere (uncond + w * 0): one pass gives the same prediction
     use_cfg = guidance.enabled and not torch.equal(cond, uncond)
     context = torch.cat([uncond, cond]) if use_cfg and batched_cfg else cond
-    # Stochastic samplers (DDPM, Euler ancestral) draw step noise from one generator seeded by the
+    # Stochastic samplers (DDPM, Euler ancestral, DDIM with eta > 0) draw step noise from one generator seeded by the
     # batch's first seed; deterministic ones take no generator at all.
     step_kwargs = {}
     if "generator" in inspect.signature(scheduler.step).parameters:
         step_kwargs["generator"] = torch.Generator(device=device).manual_seed(int(seeds[0]) if len(seeds) else 0)
+    if takes_eta:
+        step_kwargs["eta"] = float(eta)
     scheduler.set_timesteps(steps, device=device)
     timesteps = scheduler.timesteps
     if init_latents is None or strength >= 1.0:
