@@ -1,6 +1,7 @@
 """Does the attribute judge read attributes, or sharpness? Its accuracy on the real held-out images,
 sharp and degraded (Gaussian blur, noise, 2x down-and-up sampling), for the judge trained on sharp
-images only and for today's default (blur augmentation), side by side:
+images only and for today's default (blur augmentation), side by side; also with the whole image shifted by 1-2 px
+(the toy faces' centres already vary by up to 2.5 px):
 
     python bench/judge_robustness.py [data_root=data/toy_faces] [image_size=64]
 
@@ -38,12 +39,15 @@ def degrade(kind: str, amount: float) -> torch.Tensor:
         x = x + amount * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
     elif kind == "down-up":
         x = resize(resize(x, size // int(amount), antialias=True), size, antialias=True)
+    elif kind == "shift":  # the whole image moved down and right by `amount` px, edges repeated
+        s = int(amount)
+        x = torch.nn.functional.pad(x, (s, 0, s, 0), mode="replicate")[:, :, :size, :size]
     return (x.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 lip, women = names.index("Wearing_Lipstick"), ~targets[:, names.index("Male")]
 print(f"{'judge':11s} {'images':14s} {'mean acc':>8s} {'lipstick: wearers':>18s} {'bare women':>11s} {'worst attribute':>24s}")
-for kind, amount in [("sharp", 0), ("blur", 0.6), ("blur", 1.0), ("noise", 0.06), ("down-up", 2)]:
+for kind, amount in [("sharp", 0), ("blur", 0.6), ("blur", 1.0), ("noise", 0.06), ("down-up", 2), ("shift", 1), ("shift", 2)]:
     x = degrade(kind, amount)
     for judge_name, judge in judges.items():
         p = predict(judge, x)
