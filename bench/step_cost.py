@@ -48,6 +48,7 @@ ONLY_CROSS = ["+model.unet.only_cross_attention=[true,false,false]"]
 NO_4X4 = ["model.unet.down_block_types=[CrossAttnDownBlock2D,CrossAttnDownBlock2D,DownBlock2D]",
           "model.unet.up_block_types=[UpBlock2D,CrossAttnUpBlock2D,CrossAttnUpBlock2D]"]
 variants = {"unet_tiny": ["model=unet_tiny"], "unet_demo": ["model=unet_demo"],
+            "unet_demo, 32 ch at 16x16 (before E33)": ["model=unet_demo", "model.unet.block_out_channels=[32,64,64]"],
             "unet_demo, additive time/text (before E14)": ["model=unet_demo", "model.unet.resnet_time_scale_shift=default"],
             "demo + 16x16 self+cross attn": ["model=unet_demo"] + XATTN16,
             "demo + 16x16 cross-only (E11)": ["model=unet_demo"] + XATTN16 + ONLY_CROSS,
