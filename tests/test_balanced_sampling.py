@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from test_datamodule import _datamodule
-from text_ldm.data.balance import attribute_balance_weights, combination_shares
+from text_ldm.data.balance import attribute_balance_weights, balance_groups, combination_shares, grouped_balance_weights
 from text_ldm.data.celeba_layout import read_attributes
 from text_ldm.data.resumable import ResumableDataLoader, ResumableSampler
 
@@ -38,6 +38,40 @@ def test_bad_balance_settings_are_named():
         ResumableSampler(list(range(3)), weights=[1.0, -1.0, 1.0])
     with pytest.raises(ValueError, match="3 finite"):
         ResumableSampler(list(range(3)), weights=[1.0, 1.0])
+
+
+# A and C independent (each 80 / 20), so balancing each alone should flatten both marginals at once
+INDEPENDENT = [{"A": a, "C": c} for a in [True] * 4 + [False] for c in [True] * 4 + [False]]
+
+
+def _marginal(rows, weights, name: str) -> float:
+    return float(sum(w for r, w in zip(rows, weights) if r[name]) / np.sum(weights))
+
+
+def test_groups_multiply_their_balances():
+    one = grouped_balance_weights(ROWS, [["A", "B"]], [0.5])
+    assert np.array_equal(one, attribute_balance_weights(ROWS, ["A", "B"], 0.5))
+    both = grouped_balance_weights(INDEPENDENT, [["A"], ["C"]], [1.0, 1.0])
+    assert _marginal(INDEPENDENT, both, "A") == pytest.approx(0.5)
+    assert _marginal(INDEPENDENT, both, "C") == pytest.approx(0.5)
+    partial = grouped_balance_weights(INDEPENDENT, [["A"], ["C"]], [1.0, 0.5])
+    assert _marginal(INDEPENDENT, partial, "A") == pytest.approx(0.5)
+    assert _marginal(INDEPENDENT, partial, "C") == pytest.approx(2 / 3)  # 0.8 ** 0.5 : 0.2 ** 0.5
+
+
+def test_balance_config_reads_names_or_groups_and_names_its_mistakes():
+    assert balance_groups(None, 1.0) == ([], [])
+    assert balance_groups(["A", "B"], 0.5) == ([["A", "B"]], [0.5])
+    assert balance_groups([["A", "B"], ["A", "C"]], 1.0) == ([["A", "B"], ["A", "C"]], [1.0, 1.0])
+    assert balance_groups([["A", "B"], ["A", "C"]], [1.0, 0.5]) == ([["A", "B"], ["A", "C"]], [1.0, 0.5])
+    with pytest.raises(ValueError, match="not a mix"):
+        balance_groups(["A", ["B"]], 1.0)
+    with pytest.raises(ValueError, match="not a mix"):
+        balance_groups([["A"], []], 1.0)
+    with pytest.raises(ValueError, match="2 powers for 1 attribute groups"):
+        balance_groups(["A", "B"], [1.0, 0.5])
+    with pytest.raises(ValueError, match="balance_power"):
+        balance_groups([["A"], ["B"]], [1.0, 2.0])
 
 
 def _epoch(sampler: ResumableSampler, epoch: int) -> list[int]:
@@ -94,6 +128,12 @@ def test_datamodule_draws_the_rare_combination_more_often(tmp_path, tiny_vq_dir)
     shares = {c: n / sum(drawn.values()) for c, n in drawn.items()}
     assert len(set(combos)) >= 2  # the 12 toy faces hold more than one combination
     assert all(s == pytest.approx(1 / len(set(combos)), abs=0.03) for s in shares.values())
+    grouped = _datamodule(tmp_path, tiny_vq_dir, balance_attributes=[["Male"], ["Male", "Wearing_Lipstick"]],
+                          balance_power=[1.0, 0.5])
+    grouped.setup("fit")
+    rows = [table[i] for i in ids]
+    expected = attribute_balance_weights(rows, ["Male"]) * attribute_balance_weights(rows, ["Male", "Wearing_Lipstick"], 0.5)
+    assert np.allclose(grouped.train_weights, expected)
     with pytest.raises(ValueError, match="unknown"):
         dm2 = _datamodule(tmp_path, tiny_vq_dir, balance_attributes=["Wears_Cape"])
         dm2.setup("fit")

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from text_ldm.data.balance import attribute_balance_weights, check_balance_power, combination_shares
+from text_ldm.data.balance import balance_groups, combination_shares, grouped_balance_weights
 from text_ldm.data.celeba_layout import CelebALayout, read_attributes, read_captions
 from text_ldm.data.image_dataset import ImageDataset, collate_skipping_corrupt
 from text_ldm.data.latent_cache import LatentCache, build_latent_cache
@@ -80,6 +80,7 @@ class CelebADataModule(L.LightningDataModule):
     `caption_length_power` weights the training caption draw towards long captions (see
     LatentCaptionDataset). `balance_attributes` (names in the attribute file) makes training draw images
     with weight (share of their combination of those attributes) ** -`balance_power` (data/balance.py);
+    a list of such lists multiplies one weight per group (`balance_power`: one number, or one per group);
     empty keeps a plain shuffle. `on_missing` ("error" | "skip") governs ids without an image or caption, and corrupt images
     (met while caching, or in mode=images while training): one error naming the file(s), or skip them with a
     count (caching) or one warning per file (mode=images).
@@ -89,8 +90,8 @@ class CelebADataModule(L.LightningDataModule):
                  num_workers: int = 0, toy: dict[str, Any] | None = None, on_missing: str = "error",
                  cache_dir: str | None = None, autoencoder: dict[str, Any] | None = None,
                  cache_batch_size: int = 64, cache_num_workers: int = 0, seed: int = 0, preview_count: int = 8,
-                 caption_length_power: float = 0.0, balance_attributes: list[str] | None = None,
-                 balance_power: float = 1.0):
+                 caption_length_power: float = 0.0, balance_attributes: list | None = None,
+                 balance_power: float | list[float] = 1.0):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"data.mode={mode!r}; choose one of {MODES}")
@@ -106,9 +107,9 @@ class CelebADataModule(L.LightningDataModule):
         self.caption_length_power = float(caption_length_power)
         if self.caption_length_power < 0:
             raise ValueError(f"data.caption_length_power={caption_length_power} must be >= 0 (0 draws uniformly)")
-        self.balance_attributes = list(balance_attributes or [])
-        self.balance_power = check_balance_power(balance_power)  # fail before caching, not after
-        if self.balance_attributes and mode != "latents":
+        # Checked here to fail before caching, not after.
+        self.balance_groups, self.balance_powers = balance_groups(plain(balance_attributes), plain(balance_power))
+        if self.balance_groups and mode != "latents":
             raise ValueError("data.balance_attributes applies to mode=latents (stage 2) only")
         self.train_weights = None
         self.layout = CelebALayout(self.root)
@@ -157,7 +158,7 @@ class CelebADataModule(L.LightningDataModule):
                 captions = [read_captions(self.layout.caption_path(i)) for i in cache.ids]
                 self.datasets[split] = LatentCaptionDataset(cache, captions, self.seed, fixed_caption=split == "test",
                                                              caption_length_power=self.caption_length_power)
-                if split == "train" and self.balance_attributes:
+                if split == "train" and self.balance_groups:
                     self.train_weights = self._balance_weights(cache.ids)
 
     def _balance_weights(self, ids: list[str]):
@@ -166,11 +167,13 @@ class CelebADataModule(L.LightningDataModule):
         if missing:
             raise ValueError(f"data.balance_attributes: {len(missing)} training ids have no attribute row, e.g. {missing[:3]}")
         rows = [table[i] for i in ids]
-        weights = attribute_balance_weights(rows, self.balance_attributes, self.balance_power)
-        lines = [f"{'/'.join(f'{a}={int(v)}' for a, v in zip(self.balance_attributes, combo))}: "
+        weights = grouped_balance_weights(rows, self.balance_groups, self.balance_powers)
+        names = list(dict.fromkeys(a for group in self.balance_groups for a in group))
+        lines = [f"{'/'.join(f'{a}={int(v)}' for a, v in zip(names, combo))}: "
                  f"{100 * data:.1f} % of images -> {100 * drawn:.1f} % of draws"
-                 for combo, (data, drawn) in combination_shares(rows, self.balance_attributes, weights).items()]
-        rank_zero_info(f"balanced sampling (power {self.balance_power:g}):\n  " + "\n  ".join(lines))
+                 for combo, (data, drawn) in combination_shares(rows, names, weights).items()]
+        powers = ", ".join(f"{p:g}" for p in self.balance_powers)
+        rank_zero_info(f"balanced sampling (power {powers}):\n  " + "\n  ".join(lines))
         return weights
 
     def preview_prompts(self) -> list[str]:
