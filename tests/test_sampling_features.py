@@ -212,3 +212,19 @@ def test_checkpoint_from_an_incompatible_config_lists_the_keys(tmp_path, ckpt):
     with pytest.raises(ValueError, match=r"does not match .*mismatched keys.*unet\.conv_in\.weight: checkpoint "
                                          r"\(8, 3, 3, 3\) vs model \(16, 3, 3, 3\)"):
         load_diffusion(other)
+
+
+def test_moved_autoencoder_is_named_and_vae_pretrained_finds_it(tmp_path, ckpt, tiny_vq_dir):
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    gone = tmp_path / "deleted_checkout" / "artifacts" / "toy_vq"
+    checkpoint["hyper_parameters"]["autoencoder"]["pretrained"] = str(gone)
+    moved = tmp_path / "moved.ckpt"
+    torch.save(checkpoint, moved)
+    with pytest.raises(FileNotFoundError, match=f"autoencoder at {gone}, which no longer exists.*vae_pretrained=DIR"):
+        _cli(tmp_path / "fails", moved, f"prompt={PROMPT}")
+    _cli(tmp_path / "original", ckpt, f"prompt={PROMPT}")
+    _cli(tmp_path / "found", moved, f"prompt={PROMPT}", f"vae_pretrained={tiny_vq_dir}")
+    images = sorted(p.name for p in (tmp_path / "original").glob("*.png"))
+    assert images and images == sorted(p.name for p in (tmp_path / "found").glob("*.png"))
+    for name in images:
+        assert torch.equal(_png(tmp_path / "original" / name), _png(tmp_path / "found" / name))

@@ -96,7 +96,7 @@ def evaluate(cfg: DictConfig) -> dict:
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     from text_ldm.sampling.checkpoint import load_diffusion
 
-    model = load_diffusion(cfg.ckpt, device, use_ema=bool(cfg.use_ema))
+    model = load_diffusion(cfg.ckpt, device, use_ema=bool(cfg.use_ema), vae_pretrained=cfg.get("vae_pretrained"))
     # The autoencoder bounds every sample: score its reconstructions of the same real test images.
     recon = reconstruction_fidelity(classifier, predict, model.autoencoder, real, [rows[i] for i in test_ids], names,
                                     image_size=int(model.hparams.image_size))

@@ -64,13 +64,17 @@ def _device(cfg: DictConfig) -> str:
     return cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _load_model(cfg: DictConfig, device: str):
+    return load_diffusion(cfg.ckpt, device, use_ema=bool(cfg.use_ema), vae_pretrained=cfg.get("vae_pretrained"))
+
+
 def run(cfg: DictConfig) -> Path:
     """Dispatch on what was asked: export_dir= -> the exported folder; mode=forward_noise -> its
     strip; otherwise sampling -> the grid."""
     if cfg.get("export_dir"):
         from text_ldm.sampling.export import export_pipeline
 
-        model = load_diffusion(cfg.ckpt, "cpu", use_ema=bool(cfg.use_ema))
+        model = _load_model(cfg, "cpu")
         return export_pipeline(model, cfg.sampler.name, cfg.export_dir)
     if cfg.get("mode", "sample") == "forward_noise":
         return forward_noise_strip(cfg)
@@ -83,7 +87,7 @@ def forward_noise_strip(cfg: DictConfig) -> Path:
     if not cfg.get("init_image"):
         raise ValueError("mode=forward_noise needs init_image=PATH")
     validate(cfg, 1)
-    model = load_diffusion(cfg.ckpt, _device(cfg), use_ema=bool(cfg.use_ema))
+    model = _load_model(cfg, _device(cfg))
     latents = encode_image(model.autoencoder, cfg.init_image, int(model.hparams.image_size))
     frames = forward_noise(model.autoencoder, model.noise_scheduler, latents, list(cfg.forward_noise_timesteps),
                            int(cfg.seed))
@@ -102,7 +106,7 @@ def sample(cfg: DictConfig) -> Path:
     precision = str(cfg.get("precision", "fp32"))
     init_image, strength = cfg.get("init_image"), float(cfg.get("strength", 1.0))
     guidance = Guidance.from_cfg(cfg)
-    model = load_diffusion(cfg.ckpt, device, use_ema=bool(cfg.use_ema))
+    model = _load_model(cfg, device)
     prec.apply(model, precision)
     init = encode_image(model.autoencoder, init_image, int(model.hparams.image_size)) if init_image else None
     out_dir = Path(cfg.out_dir)
