@@ -5,7 +5,7 @@
 With `compile`, also unet_demo through torch.compile (inductor), after its compile, whose time is printed;
 always unet_demo in channels_last (weights and input).
 Also times unet_demo with cross-attention at its 16 x 16 level (bench/demo_levers.md, E11), with and without
-the 16 x 16 self-attention, and without the 4 x 4 level's attention.
+the 16 x 16 self-attention, without the 4 x 4 level's attention, and on the up path only (E37).
 Ratios are measured side by side in one process, so they hold on a busy machine too.
 """
 import sys
@@ -52,7 +52,8 @@ variants = {"unet_tiny": ["model=unet_tiny"], "unet_demo": ["model=unet_demo"],
             "unet_demo, additive time/text (before E14)": ["model=unet_demo", "model.unet.resnet_time_scale_shift=default"],
             "demo + 16x16 self+cross attn": ["model=unet_demo"] + XATTN16,
             "demo + 16x16 cross-only (E11)": ["model=unet_demo"] + XATTN16 + ONLY_CROSS,
-            "E11 without 4x4 attn": ["model=unet_demo"] + NO_4X4 + ONLY_CROSS}
+            "E11 without 4x4 attn": ["model=unet_demo"] + NO_4X4 + ONLY_CROSS,
+            "demo + 16x16 cross-only, up path (E37)": ["model=unet_demo", XATTN16[1]] + ONLY_CROSS}
 variants["unet_demo, channels_last"] = ["model=unet_demo"]
 if "compile" in sys.argv[4:]:
     variants["unet_demo, torch.compile"] = ["model=unet_demo"]
