@@ -131,7 +131,8 @@ def evaluate(cfg: DictConfig) -> dict:
     print(f"CLIP score ({cfg.clip_model}): {clip_value:.3f}" if clip_value is not None else clip_reason)
 
     metrics = {
-        "ckpt": str(cfg.ckpt), "data_root": str(layout.root), "image_size": size,
+        "ckpt": str(cfg.ckpt), "vae_pretrained": cfg.get("vae_pretrained"), "data_root": str(layout.root),
+        "image_size": size,
         "n_prompts": len(prompts), "num_images_per_prompt": k, "sampler": str(cfg.sampler.name), "steps": steps, "eta": eta,
         **guidance.as_dict(), "seed": seed, "use_ema": bool(cfg.use_ema), "attributes": list(names),
         "attribute_accuracy": scores, "reconstruction_gap": recon["gap"],
