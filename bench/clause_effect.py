@@ -17,7 +17,7 @@ import torch
 from text_ldm.data.celeba_layout import CelebALayout, read_attributes
 from text_ldm.evaluation.app import sample_images, to_uint8
 from text_ldm.evaluation.attribute_classifier import ClassifierConfig, get_classifier, predict
-from text_ldm.evaluation.prompts import toy_prompt
+from text_ldm.evaluation.prompts import twin_prompts
 from text_ldm.sampling.checkpoint import load_diffusion
 
 CLAUSES = ["Wearing_Lipstick", "No_Beard", "Smiling", "Eyeglasses", "Wearing_Hat"]
@@ -43,19 +43,14 @@ test_ids = layout.split_ids("test")
 
 print(f"{'attribute':18s} {'pairs':>5s} {'shown | yes':>12s} {'shown | no':>11s} {'effect':>7s} {'both right':>11s}")
 for attribute in args.attributes:
-    # rows whose canonical prompt states the attribute both ways (lipstick: women; beard: men)
-    chosen = [i for i in test_ids if all(attribute in toy_prompt({**rows[i], attribute: v}).targets
-                                         for v in (True, False))][: args.pairs]
-    yes_rows = [{**rows[i], attribute: True} for i in chosen]
-    no_rows = [{**rows[i], attribute: False} for i in chosen]
-    seeds = list(range(len(chosen)))
+    _, yes_texts, no_texts = twin_prompts(rows, test_ids, attribute, args.pairs)
+    seeds = list(range(len(yes_texts)))
     column = names.index(attribute)
     shown = {}
-    for label, attr_rows in (("yes", yes_rows), ("no", no_rows)):
-        texts = [toy_prompt(r).text for r in attr_rows]
+    for label, texts in (("yes", yes_texts), ("no", no_texts)):
         images = sample_images(model, "ddim", texts, seeds, args.steps, args.guidance, 24, f"{attribute} {label}")
         shown[label] = predict(classifier, to_uint8(images, size))[:, column]
     yes, no = shown["yes"].float().mean().item(), shown["no"].float().mean().item()
     both = (shown["yes"] & ~shown["no"]).float().mean().item()
-    print(f"{attribute:18s} {len(chosen):5d} {100 * yes:11.1f}% {100 * no:10.1f}% {100 * (yes - no):+7.1f} "
+    print(f"{attribute:18s} {len(seeds):5d} {100 * yes:11.1f}% {100 * no:10.1f}% {100 * (yes - no):+7.1f} "
           f"{100 * both:10.1f}%")

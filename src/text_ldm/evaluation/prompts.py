@@ -70,3 +70,14 @@ def build_prompts(names: Sequence[str], rows: dict[str, dict[str, bool]], held_o
     toy = is_toy(names)
     return [(toy_prompt(rows[ids[j]]) if toy else generic_prompt(rows[ids[j]], names))._replace(source_id=ids[j])
             for j in chosen]
+
+
+def twin_prompts(rows: dict[str, dict[str, bool]], ids: Sequence[str], attribute: str,
+                 n_pairs: int) -> tuple[list[str], list[str], list[str]]:
+    """Counterfactual toy prompts: for the first `n_pairs` of `ids` whose canonical caption states
+    `attribute` either way (lipstick: women; beard: men), the caption with it True and its twin with
+    only it False. Returns (the rows' ids, texts saying yes, texts saying no), aligned."""
+    chosen = [i for i in ids if all(attribute in toy_prompt({**rows[i], attribute: v}).targets
+                                    for v in (True, False))][:n_pairs]
+    return (chosen, [toy_prompt({**rows[i], attribute: True}).text for i in chosen],
+            [toy_prompt({**rows[i], attribute: False}).text for i in chosen])
