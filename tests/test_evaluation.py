@@ -12,7 +12,7 @@ from text_ldm.data.toy_faces import ATTRIBUTES, HAIR_COLOURS
 from text_ldm.evaluation import attribute_classifier as ac
 from text_ldm.evaluation import image_metrics
 from text_ldm.evaluation.fidelity import accuracy_vs_targets, majority_floor, majority_values
-from text_ldm.evaluation.prompts import build_prompts, generic_prompt, toy_prompt
+from text_ldm.evaluation.prompts import build_prompts, generic_prompt, toy_prompt, twin_prompts
 
 TINY_CLF = ac.ClassifierConfig(epochs=1, batch_size=16, width=4)
 
@@ -93,6 +93,19 @@ def test_toy_prompt_scores_only_what_it_states():
         for name in prompt.targets:
             assert any(w in prompt.text.lower() for w in words[name]), (name, prompt.text)
     assert woman.targets["Blond_Hair"] is True and woman.targets["Black_Hair"] is False
+
+
+def test_twin_prompts_differ_only_in_the_flipped_clause(toy_root):
+    layout, _, rows = _dataset(toy_root)
+    ids, yes, no = twin_prompts(rows, layout.split_ids("test"), "Wearing_Lipstick", 5)
+    assert 0 < len(ids) <= 5 and len(yes) == len(no) == len(ids)
+    for item_id, text_yes, text_no in zip(ids, yes, no):
+        assert not rows[item_id]["Male"]  # only women's captions state lipstick both ways
+        assert "wears lipstick" in text_yes and "wears no lipstick" in text_no
+        assert text_yes.replace("wears lipstick", "wears no lipstick") == text_no
+    ids, yes, no = twin_prompts(rows, layout.split_ids("test"), "No_Beard", 5)
+    assert ids and all(rows[i]["Male"] for i in ids)
+    assert all("has no beard" in y and "has a beard" in n for y, n in zip(yes, no))
 
 
 def test_generic_prompt_and_builder(toy_root):
