@@ -169,10 +169,11 @@ def test_evaluate_end_to_end(train_cfg, tmp_path, toy_root, capsys):
     train(train_cfg)
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     out = tmp_path / "eval"
-    cfg = compose_config("evaluate", [
+    cfg_overrides = [
         f"ckpt={ckpt}", f"data_root={toy_root}", f"image_size={IMAGE_SIZE}", "n_prompts=2",
-        "num_images_per_prompt=1", "steps=2", f"out_dir={out}", f"cache_dir={tmp_path / 'clf'}", "device=cpu",
-        "classifier.epochs=1", "classifier.width=4", "clip_model=/nonexistent/clip"])
+        "num_images_per_prompt=1", "steps=2", f"cache_dir={tmp_path / 'clf'}", "device=cpu",
+        "classifier.epochs=1", "classifier.width=4", "clip_model=/nonexistent/clip"]
+    cfg = compose_config("evaluate", [*cfg_overrides, f"out_dir={out}"])
     metrics = evaluate(cfg)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
@@ -191,6 +192,11 @@ def test_evaluate_end_to_end(train_cfg, tmp_path, toy_root, capsys):
     printed = capsys.readouterr().out
     assert "majority floor" in printed and "CLIP score skipped" in printed and "FID" not in printed
     assert "AE reconstructions" in printed and "reconstruction gap" in printed
+
+    quick = evaluate(compose_config("evaluate", [*cfg_overrides, f"out_dir={tmp_path / 'quick'}", "empty_prompt_floor=false"]))
+    assert "empty_prompt_floor" not in quick["attribute_accuracy"] and not (tmp_path / "quick" / "empty_prompt").exists()
+    assert quick["attribute_accuracy"]["samples"] == metrics["attribute_accuracy"]["samples"]  # same seeds, same samples
+    assert "empty-prompt floor" not in capsys.readouterr().out
 
 
 class _Blanking(torch.nn.Module):
