@@ -12,8 +12,9 @@ Plain accuracy mixes this with the data's prior (80 % of the toy women wear lips
 
 With --timesteps, at which noise level the model reads the clause: each row's real image is noised to t (the
 same noise for both prompts), the UNet predicts once with guidance, and the decoded one-step x0 is judged. Equal
-shares mean the prediction ignores the clause at that t. It also prints how far the clause moves the UNet's
-pooled text vector (addition_embed_type "text"), relative to that vector's spread over the prompts.
+shares mean the prediction ignores the clause at that t. It also prints how far the clause moves the frozen text
+encoder's mean token vector and the UNet's learned pooled text vector (addition_embed_type "text"), each relative to
+its spread over the prompts: the first is what the text offers, the second what training made of it.
 """
 import argparse
 from pathlib import Path
@@ -81,13 +82,26 @@ def shown_at(t: int, latents: torch.Tensor, noise: torch.Tensor, context: torch.
     return predict(classifier, to_uint8(images, size))[:, column].float().mean().item()
 
 
+def relative_shift(yes: torch.Tensor, no: torch.Tensor) -> str:
+    """Mean |yes - no| over the pairs, relative to the mean distance of the yes vectors from their centre."""
+    spread = (yes - yes.mean(0)).norm(dim=1).mean()
+    return f"{((yes - no).norm(dim=1).mean() / spread).item():.2f}"
+
+
 @torch.no_grad()
 def pooled_shift(yes_ctx: torch.Tensor, no_ctx: torch.Tensor) -> str:
+    """The shift in the UNet's learned pooled text vector (what training made of the clause)."""
     if model.unet.config.addition_embed_type != "text":
         return "n/a"
-    pooled_yes, pooled_no = model.unet.add_embedding(yes_ctx), model.unet.add_embedding(no_ctx)
-    spread = (pooled_yes - pooled_yes.mean(0)).norm(dim=1).mean()
-    return f"{((pooled_yes - pooled_no).norm(dim=1).mean() / spread).item():.2f}"
+    return relative_shift(model.unet.add_embedding(yes_ctx), model.unet.add_embedding(no_ctx))
+
+
+def encoder_shift(yes_texts: list[str], no_texts: list[str], yes_ctx: torch.Tensor, no_ctx: torch.Tensor) -> str:
+    """The same for the frozen encoder's own mean over real tokens (what the text offers the UNet)."""
+    def mean_pooled(texts, ctx):
+        mask = model.text_encoder.token_embeddings(texts)[1].unsqueeze(-1).to(ctx.dtype)
+        return (ctx * mask).sum(1) / mask.sum(1)
+    return relative_shift(mean_pooled(yes_texts, yes_ctx), mean_pooled(no_texts, no_ctx))
 
 
 def one_step_effects(timesteps: list[int]) -> None:
@@ -95,8 +109,8 @@ def one_step_effects(timesteps: list[int]) -> None:
         raise SystemExit("--timesteps reads epsilon predictions; the checkpoint predicts "
                          f"{model.noise_scheduler.config.prediction_type}")
     print(f"guidance {args.guidance}; per timestep: % showing the attribute when the prompt says yes / no\n")
-    print("| attribute | pairs | pooled-vector shift | " + " | ".join(f"t={t}" for t in timesteps) + " |")
-    print("|---|---|---|" + "---|" * len(timesteps))
+    print("| attribute | pairs | text-encoder shift | pooled-vector shift | " + " | ".join(f"t={t}" for t in timesteps) + " |")
+    print("|---|---|---|---|" + "---|" * len(timesteps))
     for attribute in args.attributes:
         ids, yes_texts, no_texts = twin_prompts(rows, test_ids, attribute, args.pairs)
         latents = model.autoencoder.encode(torch.stack([item["image"] for item in ImageDataset(layout.root, ids, size)]))
@@ -106,7 +120,8 @@ def one_step_effects(timesteps: list[int]) -> None:
         column = names.index(attribute)
         cells = [f"{100 * shown_at(t, latents, noise, yes_ctx, empty, column):.0f} / "
                  f"{100 * shown_at(t, latents, noise, no_ctx, empty, column):.0f}" for t in timesteps]
-        print(f"| {attribute} | {len(ids)} | {pooled_shift(yes_ctx, no_ctx)} | " + " | ".join(cells) + " |", flush=True)
+        shifts = f"{encoder_shift(yes_texts, no_texts, yes_ctx, no_ctx)} | {pooled_shift(yes_ctx, no_ctx)}"
+        print(f"| {attribute} | {len(ids)} | {shifts} | " + " | ".join(cells) + " |", flush=True)
 
 
 if args.timesteps:
