@@ -149,6 +149,7 @@ def main() -> None:
     fp32 = lambda: torch.autocast(device, enabled=False)  # noqa: E731
     uncached_text = model.text_encoder._encode  # the encoder itself, bypassing the memo
     vae = model.autoencoder
+    vae_dtype = next(vae.parameters(), torch.empty(0)).dtype  # identity: no parameters, float32
     seed_text, seed_vae = copy.deepcopy(model.text_encoder).float(), copy.deepcopy(vae).float()  # (a) is fp32
 
     def fresh_opt(ours: bool = False):
@@ -174,7 +175,8 @@ def main() -> None:
         while True:
             batch = next(batches)
             with torch.no_grad(), low():
-                latents = vae.encode(batch["image"].to(device)).float()
+                # cast_frozen may have put the VAE in bf16: feed it its own dtype, as img2img does
+                latents = vae.encode(batch["image"].to(device, vae_dtype)).float()
             unet_step(model, opt, latents, list(batch["caption"]), uncached_text, low)
             yield
 
