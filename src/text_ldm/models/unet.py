@@ -38,19 +38,10 @@ def zero_init_time_projections(unet: UNet2DConditionModel) -> int:
     return reset
 
 
-class MeanOverTokens(nn.Module):
-    """(B, T, D) -> (B, D): the plain token mean, in place of diffusers' learned attention pooling."""
-
-    def forward(self, hidden_states):
-        return hidden_states.mean(dim=1)
-
-
 def build_unet(config: dict[str, Any], latent_channels: int, latent_size: int,
                cross_attention_dim: int, zero_init_time_proj: bool = False) -> UNet2DConditionModel:
     """The latent shape and the text width come from the autoencoder and the text encoder, so they
     are never typed twice in configs and cannot disagree with them."""
-    config = dict(config)
-    text_pooling = config.pop("text_pooling", "attention")
     for derived in ("in_channels", "out_channels", "sample_size", "cross_attention_dim"):
         if derived in config:
             raise ValueError(f"model.unet.{derived} is derived from the autoencoder / text encoder; remove it")
@@ -62,12 +53,6 @@ def build_unet(config: dict[str, Any], latent_channels: int, latent_size: int,
     unet = UNet2DConditionModel(in_channels=latent_channels, out_channels=latent_channels,
                                 sample_size=latent_size, cross_attention_dim=cross_attention_dim,
                                 **config)
-    if text_pooling == "mean":
-        if config.get("addition_embed_type") != "text":
-            raise ValueError("model.unet.text_pooling=mean needs model.unet.addition_embed_type=text")
-        unet.add_embedding.pool = MeanOverTokens()
-    elif text_pooling != "attention":
-        raise ValueError(f"model.unet.text_pooling must be 'attention' or 'mean', got {text_pooling!r}")
     if zero_init_time_proj and not zero_init_time_projections(unet):
         raise ValueError("model.zero_init_time_proj=true needs model.unet.resnet_time_scale_shift=scale_shift")
     return unet
