@@ -263,3 +263,26 @@ def test_warmup_cosine_schedule(model_for):
     assert lrs[0] == 0 and lrs[5] == pytest.approx(base / 2) and lrs[10] == pytest.approx(base)
     assert lrs[55] == pytest.approx(base / 2, rel=0.05) and lrs[99] < base / 100
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_lr_scale_trains_the_named_parameters_at_a_multiple_of_the_lr(model_for):
+    model = model_for("model/lr_scheduler=warmup_cosine", "model.lr_scheduler.num_warmup_steps=2",
+                      "model.lr_scheduler.num_training_steps=10", "model.lr_scale={time_embedding.:4.0}")
+    config = model.configure_optimizers()
+    opt, sched = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    base = model.hparams.optimizer["lr"]
+    scaled = {id(p) for n, p in model.unet.named_parameters() if n.startswith("time_embedding.")}
+    rest, boosted = opt.param_groups
+    assert {id(p) for p in boosted["params"]} == scaled and not scaled & {id(p) for p in rest["params"]}
+    assert len(rest["params"]) + len(boosted["params"]) == len(list(model.unet.parameters()))
+    for _ in range(5):  # the schedule scales both groups alike
+        opt.step()
+        sched.step()
+        assert boosted["lr"] == pytest.approx(4 * rest["lr"]) and 0 < rest["lr"] <= base
+
+
+def test_lr_scale_refuses_a_prefix_that_matches_nothing_and_muon(model_for):
+    with pytest.raises(ValueError, match="no parameter name starts with"):
+        model_for("model.lr_scale={time_embeding.:4.0}").configure_optimizers()
+    with pytest.raises(ValueError, match="muon makes its own groups"):
+        model_for("model/optimizer=muon", "model.lr_scale={time_embedding.:4.0}").configure_optimizers()

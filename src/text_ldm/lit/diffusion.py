@@ -16,7 +16,7 @@ from text_ldm.sampling.pipeline import generate
 from text_ldm.sampling.schedulers import make_sampler
 from text_ldm.utils.checkpoint_io import check_state_matches, config_changes
 from text_ldm.utils.config import plain
-from text_ldm.utils.optim import configure_from_partials
+from text_ldm.utils.optim import configure_from_partials, scaled_param_groups
 
 FROZEN_PREFIXES = ("text_encoder.", "autoencoder.")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -47,7 +47,7 @@ class LatentDiffusion(L.LightningModule):
                  caption_dropout: float = 0.1, snr_gamma: float | None = None, preview: dict | None = None,
                  noise_offset: float = 0.0, gradient_checkpointing: bool = False, channels_last: bool = False,
                  compile: bool | dict = False, timestep_sampling: dict | None = None,
-                 zero_init_time_proj: bool = False):
+                 zero_init_time_proj: bool = False, lr_scale: dict[str, float] | None = None):
         super().__init__()
         self.save_hyperparameters({k: plain(v) for k, v in locals().items() if k not in ("self", "__class__")})
         self.text_encoder = instantiate(plain(text_encoder))
@@ -173,7 +173,13 @@ class LatentDiffusion(L.LightningModule):
             self._rng_to_restore = None
 
     def configure_optimizers(self):
-        return configure_from_partials(self.unet.named_parameters(), self.hparams.optimizer, self.hparams.lr_scheduler,
+        params = self.unet.named_parameters()
+        if self.hparams.get("lr_scale"):
+            if str(self.hparams.optimizer.get("_target_", "")).endswith("MuonWithAdamW"):
+                raise ValueError("model.lr_scale needs an optimiser that takes param groups (AdamW); "
+                                 "model/optimizer=muon makes its own groups")
+            params = scaled_param_groups(params, float(self.hparams.optimizer["lr"]), self.hparams.lr_scale)
+        return configure_from_partials(params, self.hparams.optimizer, self.hparams.lr_scheduler,
                                        total_steps=lambda: int(self.trainer.estimated_stepping_batches))
 
     @torch.no_grad()
