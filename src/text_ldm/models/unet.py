@@ -7,6 +7,31 @@ from typing import Any
 from diffusers import UNet2DConditionModel
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
+from torch.nn import functional as F
+
+
+class PatchConvIn(nn.Conv2d):
+    """The UNet's input conv on p x p patches of the latent (space-to-depth, DiT's patchify without the flatten):
+    (B, C, H, W) -> (B, C p², H/p, W/p) -> conv -> (B, width, H/p, W/p). Every UNet level then runs at 1/p the
+    resolution, for p² less convolution work, and the state dict keeps diffusers' key (`conv_in.weight`)."""
+
+    def __init__(self, latent_channels: int, out_channels: int, kernel_size: int, patch_size: int):
+        super().__init__(latent_channels * patch_size ** 2, out_channels, kernel_size, padding=kernel_size // 2)
+        self.patch_size = patch_size
+
+    def forward(self, x):
+        return super().forward(F.pixel_unshuffle(x, self.patch_size))
+
+
+class PatchConvOut(nn.Conv2d):
+    """The inverse of PatchConvIn at the output: (B, width, H/p, W/p) -> (B, C p², H/p, W/p) -> (B, C, H, W)."""
+
+    def __init__(self, in_channels: int, latent_channels: int, kernel_size: int, patch_size: int):
+        super().__init__(in_channels, latent_channels * patch_size ** 2, kernel_size, padding=kernel_size // 2)
+        self.patch_size = patch_size
+
+    def forward(self, x):
+        return F.pixel_shuffle(super().forward(x), self.patch_size)
 
 
 def unconditioned_widths(config: dict[str, Any]) -> list[int]:
@@ -41,7 +66,14 @@ def zero_init_time_projections(unet: UNet2DConditionModel) -> int:
 def build_unet(config: dict[str, Any], latent_channels: int, latent_size: int,
                cross_attention_dim: int, zero_init_time_proj: bool = False) -> UNet2DConditionModel:
     """The latent shape and the text width come from the autoencoder and the text encoder, so they
-    are never typed twice in configs and cannot disagree with them."""
+    are never typed twice in configs and cannot disagree with them.
+
+    `patch_size` p > 1 (not a diffusers option) runs the UNet on p x p patches of the latent: its convs in and
+    out become PatchConvIn / PatchConvOut, so it still maps (B, C, H, W) to (B, C, H, W)."""
+    config = dict(config)
+    patch_size = int(config.pop("patch_size", 1))
+    if patch_size < 1 or latent_size % patch_size:
+        raise ValueError(f"model.unet.patch_size={patch_size} must be >= 1 and divide the latent size {latent_size}")
     for derived in ("in_channels", "out_channels", "sample_size", "cross_attention_dim"):
         if derived in config:
             raise ValueError(f"model.unet.{derived} is derived from the autoencoder / text encoder; remove it")
@@ -53,6 +85,11 @@ def build_unet(config: dict[str, Any], latent_channels: int, latent_size: int,
     unet = UNet2DConditionModel(in_channels=latent_channels, out_channels=latent_channels,
                                 sample_size=latent_size, cross_attention_dim=cross_attention_dim,
                                 **config)
+    if patch_size > 1:
+        kernel = config.get("conv_in_kernel", 3)
+        unet.conv_in = PatchConvIn(latent_channels, unet.conv_in.out_channels, kernel, patch_size)
+        unet.conv_out = PatchConvOut(unet.conv_out.in_channels, latent_channels, config.get("conv_out_kernel", 3),
+                                     patch_size)
     if zero_init_time_proj and not zero_init_time_projections(unet):
         raise ValueError("model.zero_init_time_proj=true needs model.unet.resnet_time_scale_shift=scale_shift")
     return unet

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from text_ldm.lit.diffusion import LatentDiffusion
+from text_ldm.models.unet import PatchConvIn
 from text_ldm.sampling import diffusers_pipeline
 from text_ldm.sampling.schedulers import make_sampler
 
@@ -18,6 +19,9 @@ def build_pipeline(model: LatentDiffusion, sampler: str):
     ae = model.autoencoder
     if ae.model is None:
         raise ValueError("export needs an autoencoder; a pixel-space (vae kind=identity) model cannot be exported")
+    if isinstance(model.unet.conv_in, PatchConvIn):
+        raise ValueError("export writes a plain diffusers UNet2DConditionModel, which has no patch option; a model "
+                         "trained with model.unet.patch_size > 1 can be sampled with sample.py but not exported")
     te = model.text_encoder
     return diffusers_pipeline.TextLDMPipeline(
         unet=model.unet, vqvae=ae.model, scheduler=make_sampler(sampler, model.noise_scheduler.config),
