@@ -74,6 +74,22 @@ def test_min_snr_weights(model_for, prediction):
     assert model._loss_weights(t)[0] < 0.01 and model._loss_weights(t)[-1] > 0.9 * (1 if prediction == "epsilon" else 0)
 
 
+def test_channel_loss_weight_reweights_the_latent_channels_at_the_same_scale(model_for):
+    """The tiny VQ has 3 latent channels. Weight on one channel alone gives that channel's error; the three
+    such losses add up to 3x the unweighted one, and equal weights of any size change nothing."""
+    models = {w: model_for(f"model.channel_loss_weight={w}") for w in ("[1,0,0]", "[0,1,0]", "[0,0,1]", "[2,2,2]")}
+    unweighted = model_for()
+    latents, captions = _batch(unweighted)
+    loss = lambda m: m._diffusion_loss(latents, captions, torch.Generator().manual_seed(0)).item()  # noqa: E731
+    base, per_channel = loss(unweighted), [loss(models[w]) for w in ("[1,0,0]", "[0,1,0]", "[0,0,1]")]
+    assert loss(models["[2,2,2]"]) == pytest.approx(base, rel=1e-6)
+    assert sum(per_channel) == pytest.approx(3 * base, rel=1e-5)
+    assert max(abs(c - base) for c in per_channel) > 1e-3 * base
+    for bad in ("[1,1]", "[1,-1,1]", "[0,0,0]"):
+        with pytest.raises(Exception, match="channel_loss_weight"):
+            model_for(f"model.channel_loss_weight={bad}")
+
+
 def test_logit_normal_timesteps_follow_their_distribution_and_validation_stays_uniform(model_for):
     uniform = model_for()
     logit = model_for("model.timestep_sampling.kind=logit_normal", "model.timestep_sampling.mean=0.5",

@@ -35,7 +35,8 @@ class LatentDiffusion(L.LightningModule):
     loaded from their own `pretrained` sources and left out of checkpoints.
 
     Optimisation options, each off by default: `noise_offset` (extra per-channel noise, Guttenberg
-    2023), `snr_gamma` (min-SNR-gamma weighting), `gradient_checkpointing`, `channels_last`,
+    2023), `snr_gamma` (min-SNR-gamma weighting), `channel_loss_weight` (one loss weight per latent
+    channel, rescaled to mean 1), `gradient_checkpointing`, `channels_last`,
     `compile` (true, or a dict of torch.compile kwargs). The prediction target follows
     `noise_scheduler.prediction_type` (epsilon | v_prediction), which samplers inherit.
 
@@ -47,7 +48,8 @@ class LatentDiffusion(L.LightningModule):
                  caption_dropout: float = 0.1, snr_gamma: float | None = None, preview: dict | None = None,
                  noise_offset: float = 0.0, gradient_checkpointing: bool = False, channels_last: bool = False,
                  compile: bool | dict = False, timestep_sampling: dict | None = None,
-                 zero_init_time_proj: bool = False, lr_scale: dict[str, float] | None = None):
+                 zero_init_time_proj: bool = False, lr_scale: dict[str, float] | None = None,
+                 channel_loss_weight: list[float] | None = None):
         super().__init__()
         self.save_hyperparameters({k: plain(v) for k, v in locals().items() if k not in ("self", "__class__")})
         self.text_encoder = instantiate(plain(text_encoder))
@@ -68,6 +70,7 @@ class LatentDiffusion(L.LightningModule):
             raise ValueError(f"model.timestep_sampling.kind={self.timestep_sampling['kind']!r}; "
                              f"choose one of {TIMESTEP_SAMPLINGS}")
         self.snr_gamma = snr_gamma
+        self.register_buffer("channel_loss_weight", self._channel_weights(channel_loss_weight), persistent=False)
         self.noise_offset = float(noise_offset)
         self.channels_last = bool(channels_last)
         self.preview = {"sampler": "ddim", "steps": 50, "guidance_scale": 3.0, "seed": 0, **(plain(preview) or {})}
@@ -133,7 +136,20 @@ class LatentDiffusion(L.LightningModule):
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         target = self._target(latents, noise, timesteps)
         per_sample = F.mse_loss(self(noisy, timesteps, context).float(), target.float(), reduction="none")
+        if self.channel_loss_weight is not None:
+            per_sample = per_sample * self.channel_loss_weight.view(1, -1, 1, 1)
         return (per_sample.mean(dim=(1, 2, 3)) * self._loss_weights(timesteps)).mean()
+
+    def _channel_weights(self, weights: list[float] | None) -> torch.Tensor | None:
+        """(C,) per-latent-channel loss weights rescaled to mean 1, so the loss keeps its scale and only the
+        channels' shares move (e.g. [1, 1, 1, 4]: the toy autoencoder's channel 3 carries half the lips' colour)."""
+        if weights is None:
+            return None
+        weights = torch.as_tensor([float(w) for w in weights])
+        if weights.shape != (self.latent_shape[0],) or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"model.channel_loss_weight={weights.tolist()}: needs {self.latent_shape[0]} non-negative "
+                             "weights (one per latent channel), not all zero")
+        return weights / weights.mean()
 
     def _loss_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
         """Min-SNR-gamma weighting (Hang et al. 2023): min(SNR, gamma) / SNR for epsilon,
