@@ -85,11 +85,10 @@ def build_unet(config: dict[str, Any], latent_channels: int, latent_size: int,
     unet = UNet2DConditionModel(in_channels=latent_channels, out_channels=latent_channels,
                                 sample_size=latent_size, cross_attention_dim=cross_attention_dim,
                                 **config)
-    if patch_size > 1:
-        kernel = config.get("conv_in_kernel", 3)
-        unet.conv_in = PatchConvIn(latent_channels, unet.conv_in.out_channels, kernel, patch_size)
-        unet.conv_out = PatchConvOut(unet.conv_out.in_channels, latent_channels, config.get("conv_out_kernel", 3),
-                                     patch_size)
+    if patch_size > 1:  # the same widths and kernels as the convs diffusers built, on patches
+        conv_in, conv_out = unet.conv_in, unet.conv_out
+        unet.conv_in = PatchConvIn(latent_channels, conv_in.out_channels, conv_in.kernel_size[0], patch_size)
+        unet.conv_out = PatchConvOut(conv_out.in_channels, latent_channels, conv_out.kernel_size[0], patch_size)
     if zero_init_time_proj and not zero_init_time_projections(unet):
         raise ValueError("model.zero_init_time_proj=true needs model.unet.resnet_time_scale_shift=scale_shift")
     return unet
