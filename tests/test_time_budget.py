@@ -60,6 +60,8 @@ def test_bad_budgets_are_refused(tmp_path, toy_root, tiny_vq_dir):
         TrainingTimeBudget(minutes=1, window=0)
     with pytest.raises(ValueError, match="ends_by=-5"):
         TrainingTimeBudget(minutes=1, ends_by=-5)
+    with pytest.raises(ValueError, match="warn_below_steps=0"):
+        TrainingTimeBudget(minutes=1, warn_below_steps=0)
     endless = _budget_cfg(tmp_path, toy_root, tiny_vq_dir, "endless", "trainer.max_epochs=-1", "trainer.max_steps=4")
     with pytest.raises(ValueError, match="set trainer.max_epochs"):
         train(endless)
@@ -157,6 +159,19 @@ def test_preempted_run_resumes_with_the_time_it_had_left(tmp_path, toy_root, tin
     step, schedule_end, last_lr, budget = _end_state(saved)
     # Epoch 0's 10 s came with the checkpoint; without them the resumed run would plan 4 epochs.
     assert (step, schedule_end, last_lr, budget["planned_epochs"]) == (12, 12, 0.0, 3)
+
+
+@pytest.mark.parametrize("warn_below, warns", [(13, True), (12, False)])
+def test_a_run_cut_short_of_its_recipes_steps_says_so(tmp_path, toy_root, tiny_vq_dir, warn_below, warns):
+    """The budget ends the run at 12 steps (as in the test above): under a recipe's 13 it warns, at 12 it does not."""
+    cfg = _budget_cfg(tmp_path, toy_root, tiny_vq_dir, "short", f"callbacks.time_budget.warn_below_steps={warn_below}")
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        train(cfg)
+    said = [str(w.message) for w in record if "warn_below_steps" in str(w.message)]
+    assert bool(said) == warns
+    if warns:
+        assert "trained 12 steps, fewer than the 13" in said[0]
 
 
 @pytest.mark.parametrize("schedule, warns", [("constant", False), ("diffusers_cosine", True)])

@@ -30,17 +30,23 @@ class TrainingTimeBudget(Callback):
     first: `make demo` sets it from the moment make started, so the install and the data's time come out of
     the training's and a fast hour trains longer than a slow one. It is not saved: a resumed run takes the one
     it is given. The plan keeps back the last validation's time, as the run still validates where it stops.
+    `warn_below_steps` (optional): the steps a recipe needs for the quality it was measured at; a run the
+    budget ends short of them warns at its end, so a slow machine's user learns why the samples are weaker.
     `clock` (intervals) and `wall_clock` (for `ends_by`) are for tests.
     """
 
     def __init__(self, minutes: float | None = None, window: int = 3, ends_by: float | None = None,
-                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time):
+                 warn_below_steps: int | None = None, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time):
         if minutes is not None and not minutes > 0:
             raise ValueError(f"callbacks.time_budget.minutes={minutes} must be > 0 (or null: no budget)")
         if window < 1:
             raise ValueError(f"callbacks.time_budget.window={window} must be >= 1 epoch")
         if ends_by is not None and not float(ends_by) > 0:
             raise ValueError(f"callbacks.time_budget.ends_by={ends_by} must be a Unix time (seconds) or null")
+        if warn_below_steps is not None and not int(warn_below_steps) >= 1:
+            raise ValueError(f"callbacks.time_budget.warn_below_steps={warn_below_steps} must be >= 1 (or null)")
+        self.warn_below_steps = None if warn_below_steps is None else int(warn_below_steps)
         self.budget_s = None if minutes is None else 60.0 * float(minutes)
         self.window, self.clock, self.wall_clock = int(window), clock, wall_clock
         self.ends_by = None if ends_by is None else float(ends_by)
@@ -148,6 +154,11 @@ class TrainingTimeBudget(Callback):
             rank_zero_info(f"{self._label()}: trained {trainer.global_step} steps "
                            f"({trainer.global_step / _steps_per_epoch(trainer):.3g} of the {self._configured_epochs} "
                            f"epochs) in {self.used_s:.0f} s; callbacks.time_budget.minutes=null trains them all")
+            if self.warn_below_steps is not None and trainer.global_step < self.warn_below_steps:
+                rank_zero_warn(f"{self._label()}: the run trained {trainer.global_step} steps, fewer than the "
+                               f"{self.warn_below_steps} its recipe's quality was measured at "
+                               f"(callbacks.time_budget.warn_below_steps): expect samples that follow their prompts "
+                               "less well. Give it more minutes (callbacks.time_budget.minutes; make demo: DEMO_MINUTES)")
 
     def _replan_schedules(self, trainer: L.Trainer, last_step: int) -> bool:
         replanned = False
