@@ -5,7 +5,8 @@
 With `compile`, also unet_demo through torch.compile (inductor), after its compile, whose time is printed;
 always unet_demo in channels_last (weights and input).
 Also times unet_demo with cross-attention at its 16 x 16 level (bench/demo_levers.md, E11), with and without
-the 16 x 16 self-attention, without the 4 x 4 level's attention, and on the up path only (E37), and on 2 x 2
+the 16 x 16 self-attention, without the 4 x 4 level's attention, on the up path only (E37) or the down path only
+(E77), and on 2 x 2
 patches of the latent (`+model.unet.patch_size=2`, cross-attention at all three levels: E72).
 Ratios are measured side by side in one process, so they hold on a busy machine too.
 """
@@ -54,7 +55,8 @@ variants = {"unet_tiny": ["model=unet_tiny"], "unet_demo": ["model=unet_demo"],
             "demo + 16x16 self+cross attn": ["model=unet_demo"] + XATTN16,
             "demo + 16x16 cross-only (E11)": ["model=unet_demo"] + XATTN16 + ONLY_CROSS,
             "E11 without 4x4 attn": ["model=unet_demo"] + NO_4X4 + ONLY_CROSS,
-            "demo + 16x16 cross-only, up path (E37)": ["model=unet_demo", XATTN16[1]] + ONLY_CROSS}
+            "demo + 16x16 cross-only, up path (E37)": ["model=unet_demo", XATTN16[1]] + ONLY_CROSS,
+            "demo + 16x16 cross-only, down path (E77)": ["model=unet_demo", XATTN16[0]] + ONLY_CROSS}
 variants["demo on 2x2 patches, xattn everywhere (E72)"] = ["model=unet_demo", "+model.unet.patch_size=2"] + XATTN16
 variants["unet_demo, channels_last"] = ["model=unet_demo"]
 if "compile" in sys.argv[4:]:
