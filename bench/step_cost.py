@@ -6,8 +6,7 @@ With `compile`, also unet_demo through torch.compile (inductor), after its compi
 always unet_demo in channels_last (weights and input).
 Also times unet_demo with cross-attention at its 16 x 16 level (bench/demo_levers.md, E11), with and without
 the 16 x 16 self-attention, without the 4 x 4 level's attention, on the up path only (E37) or the down path only
-(E77), and on 2 x 2
-patches of the latent (`+model.unet.patch_size=2`, cross-attention at all three levels: E72).
+(E77), and on 2 x 2 patches of the latent (`+model.unet.patch_size=2`, cross-attention at all three levels: E72).
 Ratios are measured side by side in one process, so they hold on a busy machine too.
 """
 import sys
