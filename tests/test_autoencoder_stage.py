@@ -10,7 +10,7 @@ from diffusers import VQModel
 from conftest import IMAGE_SIZE, compose_config
 from text_ldm.data.celeba_layout import read_split
 from text_ldm.data.image_dataset import ImageDataset
-from text_ldm.lit.autoencoder import VQAutoencoderModule, fold_latent_channel_scale
+from text_ldm.lit.autoencoder import VQAutoencoderModule
 from text_ldm.models.autoencoder import FrozenAutoencoder
 from text_ldm.training import train
 
@@ -34,20 +34,16 @@ def test_train_and_export_toy_autoencoder(tmp_path, toy_root):
     assert abs(float(autoencoder.encode(images).std()) - 1.0) < 0.1
     assert autoencoder.decode(autoencoder.encode(images[:2])).shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
 
-    # Re-export without training (max_steps=0) with channel 3 doubled: only that channel's latents change
-    refolded = tmp_path / "toy_vq_c3x2"
+    # Re-export without training (max_steps=0) from init_from: the same weights, the same latents
+    again = tmp_path / "toy_vq_again"
     cfg = compose_config("autoencoder", [
         f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'run2'}", f"data.root={toy_root}",
         f"data.image_size={IMAGE_SIZE}", "data.toy=null", "data.batch_size=8",
-        "model.vq.block_out_channels=[8,8,8]", "model.vq.norm_num_groups=4", f"model.export_dir={refolded}",
-        f"model.init_from={export}", "model.latent_channel_scale=[1,1,1,2]", "trainer.accelerator=cpu",
-        "trainer.max_steps=0"])
+        "model.vq.block_out_channels=[8,8,8]", "model.vq.norm_num_groups=4", f"model.export_dir={again}",
+        f"model.init_from={export}", "trainer.accelerator=cpu", "trainer.max_steps=0"])
     train(cfg)
-    scaled = FrozenAutoencoder.from_pretrained(str(refolded), kind="vq", force_not_quantize=True)
-    before, after = autoencoder.encode(images[:4]), scaled.encode(images[:4])
-    assert torch.allclose(after[:, :3], before[:, :3], atol=1e-3 * before.abs().max())
-    assert torch.allclose(after[:, 3], 2 * before[:, 3], atol=2e-3 * before.abs().max())
-    assert torch.allclose(scaled.decode(after), autoencoder.decode(before), atol=1e-3)
+    reexported = FrozenAutoencoder.from_pretrained(str(again), kind="vq", force_not_quantize=True)
+    assert torch.allclose(reexported.encode(images[:4]), autoencoder.encode(images[:4]), rtol=1e-2, atol=1e-2)
 
 
 def _tiny_vq(channels: list[int]) -> dict:
@@ -67,35 +63,3 @@ def test_init_from_continues_from_saved_weights_and_rejects_other_shapes(tmp_pat
     assert not torch.equal(fresh.model.encoder.conv_in.weight, module.model.encoder.conv_in.weight)
     with pytest.raises(RuntimeError, match="size mismatch"):
         VQAutoencoderModule(vq=_tiny_vq([8, 16]), optimizer=optimizer, init_from=str(tmp_path / "vq"))
-
-
-def test_decoder_latent_noise_perturbs_training_decodes_only():
-    optimizer = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
-    images = torch.rand(2, 3, 16, 16) * 2 - 1
-    noisy = VQAutoencoderModule(vq=_tiny_vq([8, 8]), optimizer=optimizer, quantize=False, decoder_latent_noise=0.5)
-    clean = VQAutoencoderModule(vq=_tiny_vq([8, 8]), optimizer=optimizer, quantize=False)
-    clean.model.load_state_dict(noisy.model.state_dict())
-    torch.manual_seed(0)
-    assert noisy._losses(images)["loss"] != clean._losses(images)["loss"]  # training mode: noise added
-    noisy.eval(), clean.eval()
-    assert noisy._losses(images)["loss"] == clean._losses(images)["loss"]  # validation: none
-
-
-def test_fold_latent_channel_scale_scales_latents_and_keeps_decoding_exact():
-    model = VQModel(**_tiny_vq([8, 8])).eval()
-    images = torch.rand(2, 3, 16, 16) * 2 - 1
-    with torch.no_grad():
-        latents = model.encode(images).latents
-        decoded = model.decode(latents, force_not_quantize=True).sample
-        factors = [1.0, 2.0, 0.5, 4.0]
-        fold_latent_channel_scale(model, factors)
-        folded = model.encode(images).latents
-        assert torch.allclose(folded, latents * torch.tensor(factors).view(1, 4, 1, 1), rtol=1e-5, atol=1e-6)
-        # powers of two: the decoder sees bit-identical products, so the round trip is unchanged exactly
-        assert torch.equal(model.decode(folded, force_not_quantize=True).sample, decoded)
-    for bad in ([1.0, 2.0], [1.0, 1.0, 0.0, 2.0]):
-        with pytest.raises(ValueError, match="latent_channel_scale"):
-            fold_latent_channel_scale(model, bad)
-    optimizer = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
-    with pytest.raises(ValueError, match="quantize=false"):
-        VQAutoencoderModule(vq=_tiny_vq([8, 8]), optimizer=optimizer, quantize=True, latent_channel_scale=[1, 1, 1, 2])

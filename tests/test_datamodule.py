@@ -68,10 +68,10 @@ def test_bad_arguments_are_named(tmp_path, tiny_vq_dir):
         _datamodule(tmp_path, tiny_vq_dir, cache_dir=None)
 
 
-def _caption_dataset(captions: list[list[str]], power: float, boost: dict | None = None) -> LatentCaptionDataset:
+def _caption_dataset(captions: list[list[str]], power: float) -> LatentCaptionDataset:
     latents = np.zeros((len(captions), 3, 2, 2), np.float32)
     cache = LatentCache(Path("unused"), [str(i) for i in range(len(captions))], latents, {})
-    return LatentCaptionDataset(cache, captions, seed=0, caption_length_power=power, caption_boost=boost)
+    return LatentCaptionDataset(cache, captions, seed=0, caption_length_power=power)
 
 
 def _draw_counts(dataset: LatentCaptionDataset, epochs: int) -> Counter:
@@ -98,24 +98,3 @@ def test_negative_caption_length_power_is_rejected(tmp_path):
         _caption_dataset([["a b"]], -1.0)
     with pytest.raises(ValueError, match="data.caption_length_power"):
         _datamodule(tmp_path, None, caption_length_power=-0.5)
-
-
-def test_caption_boost_draws_matching_captions_by_its_factor():
-    plain, negated, other = "She wears red lipstick.", "She wears no lipstick.", "She is not smiling."
-    captions = [[plain, negated, other]] * 50
-    boosted = _draw_counts(_caption_dataset(captions, 0.0, {"no lipstick|not wearing lipstick": 4}), epochs=40)
-    assert abs(boosted[negated] / 2000 - 4 / 6) < 0.04  # P = 4 / (1 + 4 + 1)
-    assert abs(boosted[plain] / 2000 - 1 / 6) < 0.03
-    # factors multiply with the length weights: 4 words each, so power 1 changes nothing here
-    assert _draw_counts(_caption_dataset(captions, 1.0, {"no lipstick": 4}), epochs=40) == boosted
-
-
-def test_bad_caption_boost_is_named(tmp_path, tiny_vq_dir):
-    with pytest.raises(ValueError, match="not a regular expression"):
-        _caption_dataset([["a b"]], 0.0, {"no (lipstick": 2})
-    with pytest.raises(ValueError, match="must be > 0"):
-        _datamodule(tmp_path, tiny_vq_dir, caption_boost={"lipstick": 0})
-    dm = _datamodule(tmp_path, tiny_vq_dir, caption_boost={"no lipstik": 2})  # a typo matches nothing
-    dm.prepare_data()
-    with pytest.raises(ValueError, match="'no lipstik' matches no training caption"):
-        dm.setup("fit")

@@ -7,7 +7,8 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 
 from conftest import tiny_vq
 from text_ldm.models.autoencoder import FrozenAutoencoder
-from text_ldm.sampling.pipeline import generate, initial_noise
+from text_ldm.sampling.diffusers_pipeline import seeded_noise
+from text_ldm.sampling.pipeline import generate
 from text_ldm.sampling.schedulers import make_sampler
 
 TRAIN_SCHEDULER = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).config
@@ -110,8 +111,8 @@ def test_ddpm_sampler_runs_its_steps():
 
 
 def test_initial_noise_depends_only_on_seed():
-    a = initial_noise([1, 2], (3, 4, 4), "cpu", torch.float32)
-    b = initial_noise([2], (3, 4, 4), "cpu", torch.float32)
+    a = seeded_noise([1, 2], (3, 4, 4), "cpu")
+    b = seeded_noise([2], (3, 4, 4), "cpu")
     torch.testing.assert_close(a[1], b[0])
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import compose_config, tiny_train_overrides
 from text_ldm.sampling import mixing
 from text_ldm.sampling.app import run
-from text_ldm.sampling.checkpoint import load_diffusion
+from text_ldm.models.components import DiffusionComponents
 from text_ldm.sampling.img2img import encode_image
 from text_ldm.sampling.pipeline import decode, generate
 from text_ldm.sampling.schedulers import make_sampler
@@ -33,7 +33,7 @@ def ckpt(tmp_path_factory, toy_root, tiny_vq_dir):
 
 @pytest.fixture(scope="module")
 def model(ckpt):
-    return load_diffusion(ckpt, "cpu")
+    return DiffusionComponents.from_checkpoint(ckpt)
 
 
 @pytest.fixture(scope="module")
@@ -206,18 +206,35 @@ def _prompts(tmp_path):
 
 def test_checkpoint_from_an_incompatible_config_lists_the_keys(tmp_path, ckpt):
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
-    checkpoint["hyper_parameters"]["unet"]["block_out_channels"] = [16, 32]
+    checkpoint["components"]["unet"]["block_out_channels"] = [16, 32]
     other = tmp_path / "other.ckpt"
     torch.save(checkpoint, other)
     with pytest.raises(ValueError, match=r"does not match .*mismatched keys.*unet\.conv_in\.weight: checkpoint "
                                          r"\(8, 3, 3, 3\) vs model \(16, 3, 3, 3\)"):
-        load_diffusion(other)
+        DiffusionComponents.from_checkpoint(other)
+
+
+def test_checkpoint_without_components_entry_is_rebuilt_from_its_model_config(tmp_path, ckpt, model):
+    """Checkpoints written before the components entry existed still sample: the UNet is derived from the
+    model config as in training, and gives the same weights and images."""
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    del checkpoint["components"]
+    older = tmp_path / "older.ckpt"
+    torch.save(checkpoint, older)
+    rebuilt = DiffusionComponents.from_checkpoint(older)
+    assert rebuilt.unet.config.block_out_channels == model.unet.config.block_out_channels
+    assert rebuilt.latent_shape == model.latent_shape
+    assert torch.equal(_gen(rebuilt, [PROMPT], [0]), _gen(model, [PROMPT], [0]))
+    del checkpoint["hyper_parameters"]["unet"]
+    torch.save(checkpoint, older)
+    with pytest.raises(ValueError, match="no 'unet'"):
+        DiffusionComponents.from_checkpoint(older)
 
 
 def test_moved_autoencoder_is_named_and_vae_pretrained_finds_it(tmp_path, ckpt, tiny_vq_dir):
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
     gone = tmp_path / "deleted_checkout" / "artifacts" / "toy_vq"
-    checkpoint["hyper_parameters"]["autoencoder"]["pretrained"] = str(gone)
+    checkpoint["components"]["autoencoder"]["pretrained"] = str(gone)
     moved = tmp_path / "moved.ckpt"
     torch.save(checkpoint, moved)
     with pytest.raises(FileNotFoundError, match=f"autoencoder at {gone}, which no longer exists.*vae_pretrained=DIR"):

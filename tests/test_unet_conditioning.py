@@ -56,25 +56,3 @@ def test_one_channel_per_group_is_flagged_and_really_blind():
     with pytest.warns(UserWarning, match="resnet_time_scale_shift"):
         build_unet(dict(cfg, down_block_types=["DownBlock2D"] * 2, up_block_types=["UpBlock2D"] * 2,
                         layers_per_block=1), 4, 8, 16)
-
-
-def test_zero_init_time_proj_starts_at_the_identity_and_still_learns(tmp_path):
-    unet_cfg = plain(compose_config("train", ["model=unet_tiny", f"paths.root_dir={tmp_path}"]).model.unet)
-    torch.manual_seed(0)
-    unet = build_unet(unet_cfg, 4, 16, 384, zero_init_time_proj=True)
-    projections = [m.time_emb_proj for m in unet.modules() if isinstance(m, ResnetBlock2D)]
-    assert projections and all(p.weight.abs().sum() == 0 and p.bias.abs().sum() == 0 for p in projections)
-    x, context = torch.randn(2, 4, 16, 16), torch.randn(2, 7, 384)
-    # At the identity the first down block's ResNets ignore the timestep; their projections get gradient.
-    early, late = _resnet_outputs(unet, 100, context, x), _resnet_outputs(unet, 900, context, x)
-    first = next(name for name in early if name.startswith("down_blocks.0."))
-    assert torch.allclose(early[first], late[first])
-    unet(x, torch.tensor([100, 900]), encoder_hidden_states=context).sample.square().mean().backward()
-    assert all(p.weight.grad is not None and p.weight.grad.abs().sum() > 0 for p in projections)
-
-
-def test_zero_init_time_proj_needs_scale_shift():
-    cfg = {"block_out_channels": [32, 64], "norm_num_groups": 16, "down_block_types": ["DownBlock2D"] * 2,
-           "up_block_types": ["UpBlock2D"] * 2, "layers_per_block": 1}
-    with pytest.raises(ValueError, match="scale_shift"):
-        build_unet(cfg, 4, 8, 16, zero_init_time_proj=True)

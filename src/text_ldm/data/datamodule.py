@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +30,12 @@ class LatentCaptionDataset(Dataset):
     (seed, epoch, i), so a resumed run sees the same captions. Caption j is drawn with probability
     proportional to (its word count) ** `caption_length_power`: 0 is uniform; a larger power favours
     the long captions, which state more facts, so facts that short captions leave out (often the
-    rare, negative ones) are seen more often. `caption_boost` ({regex: factor}) multiplies the weight of
-    each caption the regex matches (re.search) by its factor: an item's captions that state a fact the
-    model should learn can be drawn more often without drawing that item more often.
+    rare, negative ones) are seen more often.
     `fixed_caption=True` always takes the first one (validation).
     """
 
     def __init__(self, cache: LatentCache, captions: list[list[str]], seed: int = 0, fixed_caption: bool = False,
-                 caption_length_power: float = 0.0, caption_boost: dict[str, float] | None = None):
+                 caption_length_power: float = 0.0):
         if len(captions) != len(cache.ids):
             raise ValueError(f"{len(captions)} caption lists for {len(cache.ids)} latents")
         if caption_length_power < 0:
@@ -47,10 +44,9 @@ class LatentCaptionDataset(Dataset):
         self.captions = captions
         self.seed, self.epoch, self.fixed_caption = int(seed), 0, fixed_caption
         self.caption_length_power = float(caption_length_power)
-        boosts = compile_caption_boost(caption_boost)
         self._cumulative_weights = None
-        if (self.caption_length_power > 0 or boosts) and not fixed_caption:
-            self._cumulative_weights = [np.cumsum([caption_weight(c, self.caption_length_power, boosts) for c in item])
+        if self.caption_length_power > 0 and not fixed_caption:
+            self._cumulative_weights = [np.cumsum([float(len(c.split())) ** self.caption_length_power for c in item])
                                         for item in captions]
 
     def set_epoch(self, epoch: int) -> None:
@@ -74,29 +70,6 @@ class LatentCaptionDataset(Dataset):
                 "caption": self.captions[index][self._caption_index(index)]}
 
 
-def compile_caption_boost(caption_boost: dict[str, float] | None) -> list[tuple[re.Pattern, float]]:
-    """{regex: factor} -> compiled (pattern, factor) pairs; a bad regex or a factor <= 0 is named."""
-    compiled = []
-    for pattern, factor in (caption_boost or {}).items():
-        try:
-            regex = re.compile(pattern)
-        except re.error as err:
-            raise ValueError(f"data.caption_boost: {pattern!r} is not a regular expression ({err})") from None
-        if not float(factor) > 0:
-            raise ValueError(f"data.caption_boost: the factor for {pattern!r} is {factor}; it must be > 0")
-        compiled.append((regex, float(factor)))
-    return compiled
-
-
-def caption_weight(caption: str, length_power: float, boosts: list[tuple[re.Pattern, float]]) -> float:
-    """(word count) ** length_power, times the factor of every boost pattern found in the caption."""
-    weight = float(len(caption.split())) ** length_power
-    for regex, factor in boosts:
-        if regex.search(caption):
-            weight *= factor
-    return weight
-
-
 class CelebADataModule(L.LightningDataModule):
     """Serves `train` and `test` splits of `root` (validation uses `test`).
 
@@ -105,8 +78,7 @@ class CelebADataModule(L.LightningDataModule):
     at a time, decoded by `cache_num_workers` workers), then serves (latent, caption).
     mode="images": serves images in [-1, 1] for training the autoencoder. `toy` (kwargs of
     build_toy_faces) generates the embedded toy-faces dataset at `root` on first use.
-    `caption_length_power` weights the training caption draw towards long captions, and `caption_boost`
-    towards captions matching given patterns (see LatentCaptionDataset). `balance_attributes` (names in the
+    `caption_length_power` weights the training caption draw towards long captions (see LatentCaptionDataset). `balance_attributes` (names in the
     attribute file) makes training draw images with weight (share of their combination of those attributes) ** -`balance_power` (data/balance.py);
     a list of such lists multiplies one weight per group (`balance_power`: one number, or one per group);
     empty keeps a plain shuffle. `on_missing` ("error" | "skip") governs ids without an image or caption, and corrupt images
@@ -119,7 +91,7 @@ class CelebADataModule(L.LightningDataModule):
                  cache_dir: str | None = None, autoencoder: dict[str, Any] | None = None,
                  cache_batch_size: int = 64, cache_num_workers: int = 0, seed: int = 0, preview_count: int = 8,
                  caption_length_power: float = 0.0, balance_attributes: list | None = None,
-                 balance_power: float | list[float] = 1.0, caption_boost: dict[str, float] | None = None):
+                 balance_power: float | list[float] = 1.0):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"data.mode={mode!r}; choose one of {MODES}")
@@ -136,8 +108,6 @@ class CelebADataModule(L.LightningDataModule):
         if self.caption_length_power < 0:
             raise ValueError(f"data.caption_length_power={caption_length_power} must be >= 0 (0 draws uniformly)")
         # Checked here to fail before caching, not after.
-        self.caption_boost = plain(caption_boost) or {}
-        compile_caption_boost(self.caption_boost)
         self.balance_groups, self.balance_powers = balance_groups(plain(balance_attributes), plain(balance_power))
         if self.balance_groups and mode != "latents":
             raise ValueError("data.balance_attributes applies to mode=latents (stage 2) only")
@@ -187,10 +157,7 @@ class CelebADataModule(L.LightningDataModule):
                 cache = self._cache(split, autoencoder)  # finds the cache prepare_data built
                 captions = [read_captions(self.layout.caption_path(i)) for i in cache.ids]
                 self.datasets[split] = LatentCaptionDataset(cache, captions, self.seed, fixed_caption=split == "test",
-                                                             caption_length_power=self.caption_length_power,
-                                                             caption_boost=self.caption_boost)
-                if split == "train" and self.caption_boost:
-                    _report_caption_boost(self.caption_boost, captions)
+                                                             caption_length_power=self.caption_length_power)
                 if split == "train" and self.balance_groups:
                     self.train_weights = self._balance_weights(cache.ids)
 
@@ -233,14 +200,3 @@ class CelebADataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
-
-
-def _report_caption_boost(caption_boost: dict[str, float], captions: list[list[str]]) -> None:
-    """Log how many training items have a caption each pattern matches; a pattern matching none is a typo."""
-    for pattern, factor in caption_boost.items():
-        regex = re.compile(pattern)
-        items = sum(any(regex.search(c) for c in item) for item in captions)
-        if items == 0:
-            raise ValueError(f"data.caption_boost: {pattern!r} matches no training caption")
-        rank_zero_info(f"caption boost x{factor:g} for {pattern!r}: {items} of {len(captions)} training items "
-                       "have a caption it matches")

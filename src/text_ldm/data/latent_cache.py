@@ -18,6 +18,7 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,8 +28,10 @@ from tqdm.auto import tqdm
 
 from text_ldm.data.celeba_layout import DatasetLayoutError
 from text_ldm.data.image_dataset import ImageDataset, corrupt_hint, warn_upscaled_once
-from text_ldm.models.autoencoder import FrozenAutoencoder
 from text_ldm.utils.atomic import atomic_write_text
+
+if TYPE_CHECKING:  # the cache only calls encode() and fingerprint(): data does not depend on models
+    from text_ldm.models.autoencoder import FrozenAutoencoder
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

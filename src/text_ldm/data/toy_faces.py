@@ -273,6 +273,20 @@ def caption_for(attrs: dict[str, bool], rng: np.random.Generator | None = None) 
     return _compose(attrs, _facts(attrs), nouns[int(rng.integers(2))], int(rng.integers(3)), int(rng.integers(2)))
 
 
+def stated_attributes(attrs: dict[str, bool]) -> dict[str, bool]:
+    """attribute -> value for exactly what `caption_for(attrs)` states: sex via the noun/pronoun, the hair
+    colour (which also rules out the other colours), and lipstick / beard only where it mentions them."""
+    stated = {"Male": attrs["Male"]}
+    for key, value in _facts(attrs):
+        if key == "hair":
+            stated.update({h: attrs[h] for h in HAIR_COLOURS})
+        elif key == "beard":
+            stated["No_Beard"] = not value
+        else:
+            stated[key] = value
+    return stated
+
+
 # --------------------------------------------------------------------------- builder
 
 

@@ -20,7 +20,10 @@ from text_ldm.evaluation.fidelity import accuracy_vs_targets, format_table, majo
 from text_ldm.evaluation.image_metrics import clip_score, fid_kid
 from text_ldm.evaluation.prompts import build_prompts
 from text_ldm.evaluation.reconstruction import reconstruction_fidelity
+from text_ldm.models.components import DiffusionComponents
 from text_ldm.sampling.guidance import Guidance
+from text_ldm.sampling.pipeline import generate
+from text_ldm.sampling.schedulers import make_sampler
 from text_ldm.utils.atomic import atomic_save_png, atomic_write_text
 from text_ldm.utils.grid import to_pil
 
@@ -40,13 +43,10 @@ def validate(cfg: DictConfig, steps: int) -> None:
         raise ValueError("; ".join(problems))
 
 
-def sample_images(model, sampler_name: str, texts: Sequence[str], seeds: Sequence[int], steps: int,
+def sample_images(model: DiffusionComponents, sampler_name: str, texts: Sequence[str], seeds: Sequence[int], steps: int,
                   guidance: Guidance | float, batch_size: int, desc: str, eta: float = 0.0) -> torch.Tensor:
     """(N, 3, H, W) images in [0, 1] on the CPU, one per (text, seed), generated in batches."""
     guidance = guidance if isinstance(guidance, Guidance) else Guidance(float(guidance))
-    from text_ldm.sampling.pipeline import generate
-    from text_ldm.sampling.schedulers import make_sampler
-
     out = []
     for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch"):
         sampler = make_sampler(sampler_name, model.noise_scheduler.config)
@@ -94,12 +94,11 @@ def evaluate(cfg: DictConfig) -> dict:
                                       [p.targets for p in prompts], names)
 
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    from text_ldm.sampling.checkpoint import load_diffusion
-
-    model = load_diffusion(cfg.ckpt, device, use_ema=bool(cfg.use_ema), vae_pretrained=cfg.get("vae_pretrained"))
+    model = DiffusionComponents.from_checkpoint(cfg.ckpt, use_ema=bool(cfg.use_ema),
+                                                vae_pretrained=cfg.get("vae_pretrained")).to(device)
     # The autoencoder bounds every sample: score its reconstructions of the same real test images.
     recon = reconstruction_fidelity(classifier, predict, model.autoencoder, real, [rows[i] for i in test_ids], names,
-                                    image_size=int(model.hparams.image_size))
+                                    image_size=model.image_size)
     texts = [p.text for p in prompts for _ in range(k)]
     targets = [p.targets for p in prompts for _ in range(k)]
     seeds = [seed + j for j in range(len(texts))]

@@ -10,8 +10,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from text_ldm.data import toy_faces
-from text_ldm.data.toy_faces import ATTRIBUTES, HAIR_COLOURS, caption_for
+from text_ldm.data.toy_faces import ATTRIBUTES, caption_for, stated_attributes
 
 
 class Prompt(NamedTuple):
@@ -25,18 +24,8 @@ def is_toy(names: Sequence[str]) -> bool:
 
 
 def toy_prompt(attrs: dict[str, bool]) -> Prompt:
-    """caption_for's canonical caption; its targets follow the facts that caption states
-    (toy_faces._facts): sex via the noun/pronoun, the hair colour (which also rules out the other
-    colours), and lipstick / beard only where the caption mentions them."""
-    targets = {"Male": attrs["Male"]}
-    for key, value in toy_faces._facts(attrs):  # noqa: SLF001 - the single source of what a caption states
-        if key == "hair":
-            targets.update({h: attrs[h] for h in HAIR_COLOURS})
-        elif key == "beard":
-            targets["No_Beard"] = not value
-        else:
-            targets[key] = value
-    return Prompt(caption_for(attrs), targets)
+    """caption_for's canonical caption, scored on the attributes it states."""
+    return Prompt(caption_for(attrs), stated_attributes(attrs))
 
 
 def humanise(name: str) -> str:

@@ -25,27 +25,13 @@ class VQAutoencoderModule(L.LightningModule):
     saved with `save_pretrained` to `export_dir`, in fp16 to keep the shipped file small.
     `init_from` (a hub-layout VQModel directory with the same `vq` config, e.g. the shipped
     artifacts/toy_vq) starts from those weights instead of random ones: continued training.
-    `decoder_latent_noise` (training only) adds Gaussian noise of that many latent standard deviations
-    before decoding, so the decoder learns to smooth small latent errors, such as a diffusion model's,
-    instead of drawing them as texture.
-    `latent_channel_scale` (one factor per latent channel, codebook bypassed only) multiplies latent
-    channel c by its factor at export, on top of the unit-variance scale, by folding it into the weights
-    (`fold_latent_channel_scale`): a channel that carries a small feature, such as the lips' colour,
-    then weighs more in the diffusion loss and survives to higher noise levels, and nothing downstream
-    (cache, samplers, exported pipelines) needs to know.
     batch: {"image": (B, 3, H, W) in [-1, 1]}.
     """
 
     def __init__(self, vq: dict, optimizer: dict, lr_scheduler: dict | None = None, export_dir: str | None = None,
                  quantize: bool = True, commit_weight: float = 1.0, train_crop: int | None = None,
-                 scale_batches: int = 16, init_from: str | None = None, decoder_latent_noise: float = 0.0,
-                 latent_channel_scale: list[float] | None = None):
+                 scale_batches: int = 16, init_from: str | None = None):
         super().__init__()
-        if latent_channel_scale is not None:
-            if quantize:
-                raise ValueError("model.latent_channel_scale needs model.quantize=false: the codebook's vectors "
-                                 "live in the unscaled latent space")
-            _check_channel_scale(latent_channel_scale, plain(vq).get("vq_embed_dim") or plain(vq)["latent_channels"])
         self.save_hyperparameters({k: plain(v) for k, v in locals().items() if k not in ("self", "__class__")})
         self.model = VQModel(**plain(vq))
         if init_from:
@@ -54,8 +40,6 @@ class VQAutoencoderModule(L.LightningModule):
 
     def _losses(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         latents = self.model.encode(images).latents
-        if self.training and self.hparams.decoder_latent_noise > 0:
-            latents = latents + self.hparams.decoder_latent_noise * latents.detach().std() * torch.randn_like(latents)
         out = self.model.decode(latents, force_not_quantize=not self.hparams.quantize)
         l1, mse = F.l1_loss(out.sample, images), F.mse_loss(out.sample, images)
         commit = out.commit_loss.mean() if out.commit_loss is not None else torch.zeros((), device=images.device)
@@ -98,8 +82,7 @@ class VQAutoencoderModule(L.LightningModule):
         return float(torch.cat(chunks).std())
 
     def on_fit_end(self) -> None:
-        # on_fit_end, not on_train_end: it also runs for trainer.max_steps=0, which re-exports an
-        # init_from model with another latent_channel_scale without training it
+        # on_fit_end, not on_train_end: it also runs for trainer.max_steps=0 (a re-export of init_from)
         if self.hparams.export_dir:
             self.export(self.hparams.export_dir, self.trainer.datamodule.train_dataloader())
 
@@ -111,28 +94,6 @@ class VQAutoencoderModule(L.LightningModule):
         export_copy.load_state_dict(self.model.state_dict())
         # from_config drops scaling_factor, so it is registered on the copy that is saved.
         export_copy.register_to_config(scaling_factor=scale)
-        if self.hparams.latent_channel_scale is not None:
-            fold_latent_channel_scale(export_copy, self.hparams.latent_channel_scale)
         export_copy.to(torch.float16).save_pretrained(Path(export_dir), safe_serialization=True)
-        channels = f", channel factors {list(self.hparams.latent_channel_scale)}" \
-            if self.hparams.latent_channel_scale is not None else ""
-        print(f"[autoencoder] saved to {export_dir} (latent scale {scale:.4f}{channels})")
+        print(f"[autoencoder] saved to {export_dir} (latent scale {scale:.4f})")
 
-
-def _check_channel_scale(factors, channels: int) -> None:
-    if len(factors) != channels or any(not float(f) > 0 for f in factors):
-        raise ValueError(f"model.latent_channel_scale={list(factors)}: give {channels} factors, all > 0 "
-                         "(one per latent channel)")
-
-
-@torch.no_grad()
-def fold_latent_channel_scale(model: VQModel, factors) -> None:
-    """Multiply latent channel c of `model` by factors[c], in place: quant_conv's output channel c is
-    scaled up and post_quant_conv's input channel c down by the same factor, so that decoding
-    without the codebook (`force_not_quantize`) inverts encoding as before: exactly for powers of
-    two, also in fp16. Latents (B, C, h, w) from `encode` come out as latents * factors.view(1, C, 1, 1)."""
-    _check_channel_scale(factors, model.quant_conv.out_channels)
-    f = torch.tensor([float(v) for v in factors], dtype=model.quant_conv.weight.dtype)
-    model.quant_conv.weight.mul_(f.view(-1, 1, 1, 1))
-    model.quant_conv.bias.mul_(f)
-    model.post_quant_conv.weight.div_(f.view(1, -1, 1, 1))

@@ -7,19 +7,17 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler
-from hydra.utils import instantiate
+from diffusers.training_utils import compute_density_for_timestep_sampling, compute_snr
 from lightning.pytorch.utilities import rank_zero_warn
 
-from text_ldm.models.unet import build_unet
+from text_ldm.models.components import CHECKPOINT_KEY, DiffusionComponents
 from text_ldm.sampling.pipeline import generate
 from text_ldm.sampling.schedulers import make_sampler
 from text_ldm.utils.checkpoint_io import check_state_matches, config_changes
 from text_ldm.utils.config import plain
-from text_ldm.utils.optim import configure_from_partials, scaled_param_groups
+from text_ldm.utils.optim import configure_from_partials
 
 FROZEN_PREFIXES = ("text_encoder.", "autoencoder.")
-PREDICTION_TYPES = ("epsilon", "v_prediction")
 TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
 # Lightning precision flag -> the dtype the frozen text encoder and autoencoder run in.
 FROZEN_DTYPES = {"bf16-mixed": torch.bfloat16, "bf16": torch.bfloat16, "bf16-true": torch.bfloat16,
@@ -30,13 +28,12 @@ class LatentDiffusion(L.LightningModule):
     """UNet2DConditionModel trained to predict the noise (or v) added to cached latents,
     conditioned on a frozen text encoder through cross-attention.
 
-    Every argument is a plain config dict, saved as hyper-parameters, so a checkpoint alone
-    rebuilds the model (`load_from_checkpoint`). The frozen text encoder and autoencoder are
-    loaded from their own `pretrained` sources and left out of checkpoints.
+    The parts are built by `DiffusionComponents` (models/components.py), whose checkpoint entry lets
+    sampling rebuild them without this module. The frozen text encoder and autoencoder are loaded from
+    their own `pretrained` sources and left out of checkpoints.
 
     Optimisation options, each off by default: `noise_offset` (extra per-channel noise, Guttenberg
-    2023), `snr_gamma` (min-SNR-gamma weighting), `channel_loss_weight` (one loss weight per latent
-    channel, rescaled to mean 1), `gradient_checkpointing`, `channels_last`,
+    2023), `snr_gamma` (min-SNR-gamma weighting), `gradient_checkpointing`, `channels_last`,
     `compile` (true, or a dict of torch.compile kwargs). The prediction target follows
     `noise_scheduler.prediction_type` (epsilon | v_prediction), which samplers inherit.
 
@@ -47,30 +44,19 @@ class LatentDiffusion(L.LightningModule):
                  image_size: int, optimizer: dict | None = None, lr_scheduler: dict | None = None,
                  caption_dropout: float = 0.1, snr_gamma: float | None = None, preview: dict | None = None,
                  noise_offset: float = 0.0, gradient_checkpointing: bool = False, channels_last: bool = False,
-                 compile: bool | dict = False, timestep_sampling: dict | None = None,
-                 zero_init_time_proj: bool = False, lr_scale: dict[str, float] | None = None,
-                 channel_loss_weight: list[float] | None = None):
+                 compile: bool | dict = False, timestep_sampling: dict | None = None):
         super().__init__()
         self.save_hyperparameters({k: plain(v) for k, v in locals().items() if k not in ("self", "__class__")})
-        self.text_encoder = instantiate(plain(text_encoder))
-        self.autoencoder = instantiate(plain(autoencoder))
-        factor = self.autoencoder.downsample_factor
-        if image_size % factor:
-            raise ValueError(f"image_size={image_size} is not divisible by the autoencoder's factor {factor}")
-        self.latent_shape = (self.autoencoder.latent_channels, image_size // factor, image_size // factor)
-        self.unet = build_unet(plain(unet), self.latent_shape[0], self.latent_shape[1], self.text_encoder.embed_dim,
-                               zero_init_time_proj=zero_init_time_proj)
-        self.noise_scheduler = DDPMScheduler(**plain(noise_scheduler))
-        if self.noise_scheduler.config.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"model.noise_scheduler.prediction_type={self.noise_scheduler.config.prediction_type!r}; "
-                             f"choose one of {PREDICTION_TYPES}")
+        self.components = DiffusionComponents.build(unet, text_encoder, autoencoder, noise_scheduler, image_size)
+        self.unet, self.noise_scheduler = self.components.unet, self.components.noise_scheduler
+        self.text_encoder, self.autoencoder = self.components.text_encoder, self.components.autoencoder
+        self.latent_shape = self.components.latent_shape
         self.caption_dropout = float(caption_dropout)
         self.timestep_sampling = {"kind": "uniform", "mean": 0.0, "std": 1.0, **(plain(timestep_sampling) or {})}
         if self.timestep_sampling["kind"] not in TIMESTEP_SAMPLINGS:
             raise ValueError(f"model.timestep_sampling.kind={self.timestep_sampling['kind']!r}; "
                              f"choose one of {TIMESTEP_SAMPLINGS}")
         self.snr_gamma = snr_gamma
-        self.register_buffer("channel_loss_weight", self._channel_weights(channel_loss_weight), persistent=False)
         self.noise_offset = float(noise_offset)
         self.channels_last = bool(channels_last)
         self.preview = {"sampler": "ddim", "steps": 50, "guidance_scale": 3.0, "seed": 0, **(plain(preview) or {})}
@@ -125,8 +111,9 @@ class LatentDiffusion(L.LightningModule):
         num_steps = self.noise_scheduler.config.num_train_timesteps
         if (kind or self.timestep_sampling["kind"]) == "uniform":
             return torch.randint(0, num_steps, (n,), generator=generator, device=device)
-        z = torch.randn(n, generator=generator, device=device)
-        u = torch.sigmoid(z * self.timestep_sampling["std"] + self.timestep_sampling["mean"])
+        u = compute_density_for_timestep_sampling("logit_normal", n, logit_mean=self.timestep_sampling["mean"],
+                                                  logit_std=self.timestep_sampling["std"], device=device,
+                                                  generator=generator)
         return (u * num_steps).long().clamp_(0, num_steps - 1)
 
     def _diffusion_loss(self, latents, captions, generator=None, timestep_kind: str | None = None) -> torch.Tensor:
@@ -136,20 +123,7 @@ class LatentDiffusion(L.LightningModule):
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         target = self._target(latents, noise, timesteps)
         per_sample = F.mse_loss(self(noisy, timesteps, context).float(), target.float(), reduction="none")
-        if self.channel_loss_weight is not None:
-            per_sample = per_sample * self.channel_loss_weight.view(1, -1, 1, 1)
         return (per_sample.mean(dim=(1, 2, 3)) * self._loss_weights(timesteps)).mean()
-
-    def _channel_weights(self, weights: list[float] | None) -> torch.Tensor | None:
-        """(C,) per-latent-channel loss weights rescaled to mean 1, so the loss keeps its scale and only the
-        channels' shares move (e.g. [1, 1, 1, 4]: the toy autoencoder's channel 3 carries half the lips' colour)."""
-        if weights is None:
-            return None
-        weights = torch.as_tensor([float(w) for w in weights])
-        if weights.shape != (self.latent_shape[0],) or (weights < 0).any() or weights.sum() <= 0:
-            raise ValueError(f"model.channel_loss_weight={weights.tolist()}: needs {self.latent_shape[0]} non-negative "
-                             "weights (one per latent channel), not all zero")
-        return weights / weights.mean()
 
     def _loss_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
         """Min-SNR-gamma weighting (Hang et al. 2023): min(SNR, gamma) / SNR for epsilon,
@@ -157,8 +131,7 @@ class LatentDiffusion(L.LightningModule):
         1 everywhere when snr_gamma is None. timesteps: (B,) -> (B,)."""
         if self.snr_gamma is None:
             return torch.ones(timesteps.shape, device=timesteps.device)
-        alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
-        snr = alphas_cumprod / (1 - alphas_cumprod)
+        snr = compute_snr(self.noise_scheduler, timesteps)
         clipped = torch.clamp(snr, max=self.snr_gamma)
         if self.noise_scheduler.config.prediction_type == "v_prediction":
             return clipped / (snr + 1)
@@ -189,13 +162,7 @@ class LatentDiffusion(L.LightningModule):
             self._rng_to_restore = None
 
     def configure_optimizers(self):
-        params = self.unet.named_parameters()
-        if self.hparams.get("lr_scale"):
-            if str(self.hparams.optimizer.get("_target_", "")).endswith("MuonWithAdamW"):
-                raise ValueError("model.lr_scale needs an optimiser that takes param groups (AdamW); "
-                                 "model/optimizer=muon makes its own groups")
-            params = scaled_param_groups(params, float(self.hparams.optimizer["lr"]), self.hparams.lr_scale)
-        return configure_from_partials(params, self.hparams.optimizer, self.hparams.lr_scheduler,
+        return configure_from_partials(self.unet.parameters(), self.hparams.optimizer, self.hparams.lr_scheduler,
                                        total_steps=lambda: int(self.trainer.estimated_stepping_batches))
 
     @torch.no_grad()
@@ -216,6 +183,7 @@ class LatentDiffusion(L.LightningModule):
         for state in _weight_states(checkpoint):
             for key in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
                 del state[key]
+        checkpoint[CHECKPOINT_KEY] = self.components.checkpoint_entry()
         checkpoint["rng_states"] = _rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -224,6 +192,8 @@ class LatentDiffusion(L.LightningModule):
         changes = config_changes(plain(checkpoint.get("hyper_parameters", {})), plain(dict(self.hparams)))
         hint = ("; the checkpoint was trained with a different config (" + "; ".join(changes[:8]) +
                 "): start a fresh run (a new hydra.run.dir; for the demo, `make clean-demo`)") if changes else ""
+        # Put back, not `strict_loading = False`: Lightning's WeightAveraging reloads both states with
+        # a strict load_state_dict of its own, which would miss them.
         for state in _weight_states(checkpoint):
             for key, value in self.state_dict().items():
                 if key.startswith(FROZEN_PREFIXES):
@@ -242,7 +212,8 @@ def _weight_states(checkpoint: dict) -> list[dict]:
 
 def _rng_states() -> dict:
     """torch (CPU, CUDA), numpy and python RNG states as tensors / plain types, so the checkpoint
-    still loads with torch.load(weights_only=True)."""
+    still loads with torch.load(weights_only=True): Lightning's `_collect_rng_states` keeps numpy's
+    state as an ndarray, which that loader refuses."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     states = {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos,
                                                          has_gauss, gauss], "python": random.getstate()}

@@ -9,8 +9,8 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from text_ldm.models.components import DiffusionComponents
 from text_ldm.sampling import precision as prec
-from text_ldm.sampling.checkpoint import load_diffusion
 from text_ldm.sampling.guidance import Guidance
 from text_ldm.sampling.img2img import encode_image
 from text_ldm.sampling.mixing import encode_prompts
@@ -64,8 +64,9 @@ def _device(cfg: DictConfig) -> str:
     return cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _load_model(cfg: DictConfig, device: str):
-    return load_diffusion(cfg.ckpt, device, use_ema=bool(cfg.use_ema), vae_pretrained=cfg.get("vae_pretrained"))
+def _load_model(cfg: DictConfig, device: str) -> DiffusionComponents:
+    return DiffusionComponents.from_checkpoint(cfg.ckpt, use_ema=bool(cfg.use_ema),
+                                               vae_pretrained=cfg.get("vae_pretrained")).to(device)
 
 
 def run(cfg: DictConfig) -> Path:
@@ -88,7 +89,7 @@ def forward_noise_strip(cfg: DictConfig) -> Path:
         raise ValueError("mode=forward_noise needs init_image=PATH")
     validate(cfg, 1)
     model = _load_model(cfg, _device(cfg))
-    latents = encode_image(model.autoencoder, cfg.init_image, int(model.hparams.image_size))
+    latents = encode_image(model.autoencoder, cfg.init_image, model.image_size)
     frames = forward_noise(model.autoencoder, model.noise_scheduler, latents, list(cfg.forward_noise_timesteps),
                            int(cfg.seed))
     out_dir = Path(cfg.out_dir)
@@ -108,7 +109,7 @@ def sample(cfg: DictConfig) -> Path:
     guidance = Guidance.from_cfg(cfg)
     model = _load_model(cfg, device)
     prec.apply(model, precision)
-    init = encode_image(model.autoencoder, init_image, int(model.hparams.image_size)) if init_image else None
+    init = encode_image(model.autoencoder, init_image, model.image_size) if init_image else None
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     k = int(cfg.num_images_per_prompt)

@@ -1,26 +1,123 @@
-"""TextLDMPipeline: a diffusers pipeline equivalent to `sample.py` for an exported checkpoint.
+"""The denoising loop, and TextLDMPipeline: the diffusers pipeline that runs it for an exported checkpoint.
 
-Self-contained on purpose (torch, diffusers and transformers only): `export.py` copies this file
-into the export folder as `pipeline.py`, and `model_index.json` names it, so diffusers' own
+Self-contained on purpose (torch, diffusers and transformers only): `export.py` copies this file into
+the export folder as `pipeline.py`, and `model_index.json` names it, so diffusers' own
 `DiffusionPipeline.from_pretrained(folder)` loads it without text_ldm installed:
 
     pipe = DiffusionPipeline.from_pretrained("exported/", trust_remote_code=True)
     images = pipe(["She has blond hair."], seeds=[0], num_inference_steps=20).images
 
-It reproduces text_ldm.sampling.pipeline.generate: per-image noise drawn on the CPU from each seed,
-one batched UNet call per step for classifier-free guidance (negative prompt in the unconditional
-half; `guidance_rescale` and `guidance_interval` as in text_ldm.sampling.guidance.Guidance), step noise
-from one generator seeded by the first seed, scheduler arithmetic in float32.
+`text_ldm.sampling.pipeline.generate` (sample.py, evaluate.py, training previews) calls the same
+functions below, so the exported pipeline and sample.py cannot drift apart.
 """
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 from PIL import Image
+
+# on_step(i, t, model_in, pred): step i done; the scaled UNet input x_t (B, C, h, w) and the guided prediction.
+StepHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+def seeded_noise(seeds: Sequence[int], latent_shape: Sequence[int], device, dtype=torch.float32) -> torch.Tensor:
+    """(len(seeds), *latent_shape) standard normal noise; image i depends only on seeds[i] and is
+    drawn on the CPU, so a seed gives the same start on every device and in every batch."""
+    noise = [torch.randn(tuple(latent_shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    return torch.stack(noise).to(device=device, dtype=dtype)
+
+
+def step_options(scheduler, seeds: Sequence[int], device, eta: float = 0.0) -> dict:
+    """Keyword arguments for `scheduler.step`. Stochastic samplers (DDPM, Euler ancestral, DDIM with eta > 0)
+    draw step noise from one generator seeded by the batch's first seed; deterministic ones take none."""
+    params = inspect.signature(scheduler.step).parameters
+    if not 0.0 <= eta <= 1.0 or (eta and "eta" not in params):
+        raise ValueError(f"eta={eta}: must be in [0, 1], and only a sampler that takes it (ddim) can use more than 0, "
+                         f"not {type(scheduler).__name__}")
+    options = {}
+    if "generator" in params:
+        options["generator"] = torch.Generator(device=device).manual_seed(int(seeds[0]) if len(seeds) else 0)
+    if "eta" in params:
+        options["eta"] = float(eta)
+    return options
+
+
+def start_step(steps: int, strength: float) -> int:
+    """diffusers' img2img `get_timesteps`: skip the first (1 - strength) of the schedule."""
+    return steps - min(int(steps * strength), steps)
+
+
+def initial_latents(scheduler, noise: torch.Tensor, steps: int, init_latents: torch.Tensor | None = None,
+                    strength: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Set the scheduler's timesteps; return (the latents to start from, the timesteps to run).
+    Text-to-image starts from the noise; img2img (`init_latents` (B, C, h, w), strength < 1) noises them to
+    where `strength` of the schedule is left; strength 0 runs no step."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength={strength} must be in [0, 1]")
+    scheduler.set_timesteps(steps, device=noise.device)
+    timesteps = scheduler.timesteps
+    if init_latents is None or strength >= 1.0:
+        return noise * scheduler.init_noise_sigma, timesteps
+    begin = start_step(steps, strength) * scheduler.order
+    timesteps = timesteps[begin:]
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(begin)
+    latents = init_latents.to(device=noise.device, dtype=torch.float32)
+    if len(timesteps):
+        latents = scheduler.add_noise(latents, noise, timesteps[:1].repeat(len(noise)))
+    return latents, timesteps
+
+
+def guided_prediction(pred_uncond: torch.Tensor, pred_cond: torch.Tensor, scale: float,
+                      rescale: float = 0.0) -> torch.Tensor:
+    """uncond + scale (cond - uncond), with `rescale` (Lin et al. 2023, sec. 3.4) pulling its per-sample std
+    back towards the conditional prediction's. (B, C, h, w) each -> (B, C, h, w)."""
+    pred = pred_uncond + scale * (pred_cond - pred_uncond)
+    return rescale_noise_cfg(pred, pred_cond, rescale) if rescale > 0 else pred
+
+
+@torch.no_grad()
+def denoise(unet, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor,
+            uncond: torch.Tensor | None = None, *, guidance_scale: float = 1.0, guidance_rescale: float = 0.0,
+            guidance_interval: Sequence[float] | None = None, batched_cfg: bool = True,
+            step_kwargs: dict | None = None, on_step: StepHook | None = None,
+            progress: Callable[[Iterable], Iterable] = lambda steps: steps) -> torch.Tensor:
+    """The classifier-free-guided sampling loop: (B, C, h, w) float32 latents -> denoised latents.
+
+    cond / uncond: (B, L, D) conditioning; uncond None (or equal to cond: guidance would change nothing)
+    runs the conditional pass alone. Guided steps run both halves in ONE UNet call at batch 2B
+    (`batched_cfg=False`: two calls at batch B, same result). `guidance_interval` (t_lo, t_hi): guide
+    only there (Kynkaanniemi et al. 2024), the conditional pass alone elsewhere. The UNet may run in
+    bf16/fp16; latents and scheduler arithmetic stay float32."""
+    unet_dtype = next(unet.parameters()).dtype
+    cond = cond.to(dtype=unet_dtype)
+    use_cfg = uncond is not None and guidance_scale != 1.0 and not torch.equal(cond, uncond.to(unet_dtype))
+    uncond = uncond.to(dtype=unet_dtype) if use_cfg else None
+    both = torch.cat([uncond, cond]) if use_cfg and batched_cfg else None
+
+    def predict(x, t, context):
+        return unet(x.to(unet_dtype), t, encoder_hidden_states=context).sample.float()
+
+    for i, t in enumerate(progress(timesteps)):
+        model_in = scheduler.scale_model_input(latents, t)
+        guided = use_cfg and (guidance_interval is None or guidance_interval[0] <= float(t) <= guidance_interval[1])
+        if not guided:
+            pred = predict(model_in, t, cond)
+        elif batched_cfg:
+            pred = guided_prediction(*predict(torch.cat([model_in, model_in]), t, both).chunk(2), guidance_scale,
+                                     guidance_rescale)
+        else:
+            pred = guided_prediction(predict(model_in, t, uncond), predict(model_in, t, cond), guidance_scale,
+                                     guidance_rescale)
+        if on_step is not None:
+            on_step(i, t, model_in, pred)
+        latents = scheduler.step(pred, t, latents, **(step_kwargs or {})).prev_sample
+    return latents
 
 
 class TextLDMPipeline(DiffusionPipeline):
@@ -48,7 +145,7 @@ class TextLDMPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], seeds: list[int] | None = None, num_inference_steps: int = 20,
                  guidance_scale: float = 3.0, negative_prompt: str = "", guidance_rescale: float = 0.0,
-                 guidance_interval: tuple[float, float] | None = None, output_type: str = "pil",
+                 guidance_interval: tuple[float, float] | None = None, eta: float = 0.0, output_type: str = "pil",
                  return_dict: bool = True):
         """prompt: one or B strings; seeds: B ints (default 0..B-1). guidance_interval: (t_lo, t_hi), guide
         only at those timesteps (None: every step). output_type "pil", "np" (B, H, W, 3) or "pt" (B, 3, H, W),
@@ -57,32 +154,14 @@ class TextLDMPipeline(DiffusionPipeline):
         seeds = list(range(len(prompts))) if seeds is None else list(seeds)
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
-        device, unet_dtype = self.device, self.unet.dtype
         shape = (self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
-        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
-        latents = noise.to(device) * self.scheduler.init_noise_sigma
-        context = self.encode_prompt(prompts)
+        noise = seeded_noise(seeds, shape, self.device)
+        latents, timesteps = initial_latents(self.scheduler, noise, num_inference_steps)
         uncond = self.encode_prompt([negative_prompt] * len(prompts)) if guidance_scale != 1.0 else None
-        use_cfg = uncond is not None and not torch.equal(context, uncond)  # equal: guidance changes nothing
-        if use_cfg:
-            context = torch.cat([uncond, context])
-        context = context.to(unet_dtype)
-        step_kwargs = {}
-        if "generator" in inspect.signature(self.scheduler.step).parameters:
-            step_kwargs["generator"] = torch.Generator(device=device).manual_seed(int(seeds[0]))
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        for t in self.progress_bar(self.scheduler.timesteps):
-            model_in = self.scheduler.scale_model_input(latents, t)
-            guided = use_cfg and (guidance_interval is None or guidance_interval[0] <= float(t) <= guidance_interval[1])
-            model_in = torch.cat([model_in, model_in]) if guided else model_in
-            ctx = context if guided or not use_cfg else context[len(prompts):]
-            pred = self.unet(model_in.to(unet_dtype), t, encoder_hidden_states=ctx).sample.float()
-            if guided:
-                pred_uncond, pred_cond = pred.chunk(2)
-                pred = pred_uncond + guidance_scale * (pred_cond - pred_uncond)
-                if guidance_rescale > 0:
-                    pred = rescale_noise_cfg(pred, pred_cond, guidance_rescale)
-            latents = self.scheduler.step(pred, t, latents, **step_kwargs).prev_sample
+        latents = denoise(self.unet, self.scheduler, latents, timesteps, self.encode_prompt(prompts), uncond,
+                          guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
+                          guidance_interval=guidance_interval,
+                          step_kwargs=step_options(self.scheduler, seeds, self.device, eta), progress=self.progress_bar)
         latents = (latents / self.config.latent_scale).to(self.vqvae.dtype)
         if "force_not_quantize" in inspect.signature(self.vqvae.decode).parameters:
             decoded = self.vqvae.decode(latents, force_not_quantize=self.config.force_not_quantize).sample

@@ -6,22 +6,18 @@ import os
 import shutil
 from pathlib import Path
 
-from text_ldm.lit.diffusion import LatentDiffusion
-from text_ldm.models.unet import PatchConvIn
+from text_ldm.models.components import DiffusionComponents
 from text_ldm.sampling import diffusers_pipeline
 from text_ldm.sampling.schedulers import make_sampler
 
 PIPELINE_FILE = "pipeline.py"
 
 
-def build_pipeline(model: LatentDiffusion, sampler: str):
+def build_pipeline(model: DiffusionComponents, sampler: str):
     """The TextLDMPipeline holding the model's own modules (no copies) and a `sampler` scheduler."""
     ae = model.autoencoder
     if ae.model is None:
         raise ValueError("export needs an autoencoder; a pixel-space (vae kind=identity) model cannot be exported")
-    if isinstance(model.unet.conv_in, PatchConvIn):
-        raise ValueError("export writes a plain diffusers UNet2DConditionModel, which has no patch option; a model "
-                         "trained with model.unet.patch_size > 1 can be sampled with sample.py but not exported")
     te = model.text_encoder
     return diffusers_pipeline.TextLDMPipeline(
         unet=model.unet, vqvae=ae.model, scheduler=make_sampler(sampler, model.noise_scheduler.config),
@@ -30,7 +26,7 @@ def build_pipeline(model: LatentDiffusion, sampler: str):
         force_not_quantize=bool(ae.force_not_quantize))
 
 
-def export_pipeline(model: LatentDiffusion, sampler: str, out_dir: str | os.PathLike) -> Path:
+def export_pipeline(model: DiffusionComponents, sampler: str, out_dir: str | os.PathLike) -> Path:
     """Write `out_dir`: unet/, vqvae/, scheduler/, text_encoder/, tokenizer/ (safetensors weights),
     model_index.json and pipeline.py (this package's TextLDMPipeline, so that
     `DiffusionPipeline.from_pretrained(out_dir, trust_remote_code=True)` needs no text_ldm).

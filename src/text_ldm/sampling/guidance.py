@@ -5,7 +5,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+from text_ldm.sampling.diffusers_pipeline import guided_prediction
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,7 @@ class Guidance:
 
     def combine(self, pred_uncond: torch.Tensor, pred_cond: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) each -> the guided prediction (B, C, h, w)."""
-        pred = pred_uncond + self.scale * (pred_cond - pred_uncond)
-        return rescale_noise_cfg(pred, pred_cond, self.rescale) if self.rescale > 0 else pred
+        return guided_prediction(pred_uncond, pred_cond, self.scale, self.rescale)
 
     def describe(self) -> str:
         """'9.0', or '9.0 (rescale 0.7, t in [0, 800])' when the extras are on."""

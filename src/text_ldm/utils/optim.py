@@ -34,21 +34,6 @@ def configure_from_partials(params: Iterable[torch.nn.Parameter], optimizer: dic
     return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def scaled_param_groups(named_params: Iterable[tuple[str, torch.nn.Parameter]], base_lr: float,
-                        lr_scale: dict[str, float]) -> list[dict]:
-    """Optimiser param groups: the parameters whose names start with a key of `lr_scale` train at
-    `base_lr` times its value, the rest at the optimiser's own lr. A schedule scales every group alike."""
-    groups: dict[str, list[torch.nn.Parameter]] = {prefix: [] for prefix in lr_scale}
-    rest: list[torch.nn.Parameter] = []
-    for name, param in named_params:
-        prefix = next((p for p in lr_scale if name.startswith(p)), None)
-        (groups[prefix] if prefix is not None else rest).append(param)
-    if unmatched := [prefix for prefix, params in groups.items() if not params]:
-        raise ValueError(f"model.lr_scale: no parameter name starts with {unmatched}")
-    return [{"params": rest}] + [{"params": params, "lr": base_lr * float(lr_scale[prefix])}
-                                 for prefix, params in groups.items()]
-
-
 class WarmupCosine:
     """The LR multiplier of diffusers' `get_cosine_schedule_with_warmup` (linear warmup, then a half
     cosine to 0 at `num_training_steps`), as an object rather than a closure: LambdaLR saves a callable
