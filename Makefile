@@ -22,7 +22,7 @@ test: install
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
 
 # Stage 1 only when no autoencoder is present. The repo ships the one these two commands made: 2500
-# steps from scratch, then 4000 more from that export at half the lr (README, "The toy autoencoder").
+# steps from scratch, then 4000 more from that export at half the lr.
 AE_TRAIN := $(PY) train.py --config-name autoencoder num_threads=1
 AE_CONTINUE := model.init_from=$(abspath $(AUTOENCODER)) trainer.max_steps=4000 model.optimizer.lr=1e-3
 $(AUTOENCODER)/config.json: | install

@@ -1,4 +1,4 @@
-"""Issue #8's bad-input rows for data, through the real CelebADataModule on a fake CelebA-HQ folder
+"""Bad-input cases for data, through the real CelebADataModule on a fake CelebA-HQ folder
 written here: every case ends in one message that names the file, or is handled (skip, convert,
 upscale) with a count or a single warning."""
 from __future__ import annotations

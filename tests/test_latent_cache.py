@@ -149,7 +149,7 @@ def _file_hashes(cache: LatentCache) -> dict[str, str]:
 
 
 def test_sigkill_during_caching_then_rerun_gives_identical_files(tmp_path, toy_root, tiny_vq_dir):
-    """Issue #8: a real process is SIGKILLed half-way through caching; the rerun encodes only the
+    """A real process is SIGKILLed half-way through caching; the rerun encodes only the
     rest, and latents.npy and manifest.json hash the same as an uninterrupted build's."""
     cache_root = tmp_path / "killed"
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(toy_root), str(tiny_vq_dir), str(cache_root), "0.4",

@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT / "src"))
 OUT = Path(__file__).resolve().parent
 
 from text_ldm.sampling import mixing  # noqa: E402
-from text_ldm.sampling.checkpoint import load_diffusion  # noqa: E402
+from text_ldm.models.components import DiffusionComponents  # noqa: E402
 from text_ldm.sampling.img2img import encode_image, load_image  # noqa: E402
 from text_ldm.sampling.pipeline import generate  # noqa: E402
 from text_ldm.sampling.schedulers import make_sampler  # noqa: E402
@@ -53,7 +53,7 @@ def mixing_figure(model, args) -> None:
 
 def img2img_figure(model, args) -> None:
     """Input, reconstruction (strength 0) and increasing strength, same seed."""
-    prompt, size = PROMPT, int(model.hparams.image_size)
+    prompt, size = PROMPT, model.image_size
     init = encode_image(model.autoencoder, args.init_image, size)
     row = [(load_image(args.init_image, size)[0] + 1) / 2]
     for strength in (0.0, 0.3, 0.6, 0.8, 1.0):
@@ -71,7 +71,7 @@ def trajectory_figure(model, args) -> None:
 
 def forward_noise_figure(model, args) -> None:
     """q(x_t | x_0) of the input image."""
-    init = encode_image(model.autoencoder, args.init_image, int(model.hparams.image_size))
+    init = encode_image(model.autoencoder, args.init_image, model.image_size)
     frames = forward_noise(model.autoencoder, model.noise_scheduler, init, [0, 50, 100, 200, 400, 600, 800, 999], 0)
     write_strip_and_gif(frames, OUT, ["forward_noise"], ["q(x_t | x_0) of a toy face"])
 
@@ -128,7 +128,7 @@ def main() -> None:
     parser.add_argument("--init-image", default=str(ROOT / "data/toy_faces/CelebA-HQ-img/4086.png"))
     parser.add_argument("--only", nargs="+", choices=sorted(FIGURES), default=sorted(FIGURES))
     args = parser.parse_args()
-    model = load_diffusion(args.ckpt, "cpu")
+    model = DiffusionComponents.from_checkpoint(args.ckpt)
     for name in args.only:
         FIGURES[name](model, args)
 

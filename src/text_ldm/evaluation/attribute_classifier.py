@@ -31,8 +31,7 @@ FEATURE_NAME = "attr-clf"  # how the penultimate features are named in reports
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    # 10, not 3: at 3 epochs the held-out mean was 0.996, yet 35 % of the women without lipstick
-    # (a 10 % subgroup) read as wearing it; at 10 every held-out subgroup is right (bench/demo_levers.md).
+    # 10, not 3: at 3 epochs 35 % of the women without lipstick (a 10 % subgroup) read as wearing it.
     epochs: int = 10
     batch_size: int = 64
     lr: float = 2e-3

@@ -93,7 +93,8 @@ class DiffusionComponents:
         key = "state_dict" if use_ema or "current_model_state" not in checkpoint else "current_model_state"
         weights = {k[len(UNET_PREFIX):]: v for k, v in checkpoint[key].items() if k.startswith(UNET_PREFIX)}
         try:
-            check_state_matches(unet.state_dict(), weights)
+            check_state_matches({UNET_PREFIX + k: v for k, v in unet.state_dict().items()},
+                                {UNET_PREFIX + k: v for k, v in weights.items()})
         except ValueError as err:
             raise ValueError(f"{ckpt}: {err}") from err
         unet.load_state_dict(weights)
