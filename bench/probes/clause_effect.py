@@ -1,7 +1,7 @@
 """Does the model listen to a clause? Counterfactual prompt pairs on the same noise.
 
-    python bench/clause_effect.py <ckpt> [--pairs 24] [--guidance 9] [--data-root data/toy_faces] [--attributes Wearing_Lipstick ...]
-    python bench/clause_effect.py <ckpt> --timesteps 950 800 600 400 200   # one-step probe, about 20 s
+    python bench/probes/clause_effect.py <ckpt> [--pairs 24] [--guidance 9] [--data-root data/toy_faces] [--attributes Wearing_Lipstick ...]
+    python bench/probes/clause_effect.py <ckpt> --timesteps 950 800 600 400 200   # one-step probe, about 20 s
 
 For each attribute, held-out toy rows where the caption states it (lipstick: women; beard: men) give a
 prompt and its twin with only that attribute flipped ("wears lipstick" <-> "wears no lipstick"). Both are
@@ -26,7 +26,7 @@ from text_ldm.data.image_dataset import ImageDataset
 from text_ldm.evaluation.app import sample_images, to_uint8
 from text_ldm.evaluation.attribute_classifier import ClassifierConfig, get_classifier, predict
 from text_ldm.evaluation.prompts import twin_prompts
-from text_ldm.sampling.checkpoint import load_diffusion
+from text_ldm.models.components import DiffusionComponents
 
 CLAUSES = ["Wearing_Lipstick", "No_Beard", "Smiling", "Eyeglasses", "Wearing_Hat"]
 
@@ -46,8 +46,8 @@ torch.set_num_threads(args.threads)
 
 layout = CelebALayout(Path(args.data_root))
 names, rows = read_attributes(layout.attribute_path)
-model = load_diffusion(args.ckpt, "cpu", use_ema=True, vae_pretrained=args.vae_pretrained)
-size = int(model.hparams.image_size)
+model = DiffusionComponents.from_checkpoint(args.ckpt, use_ema=True, vae_pretrained=args.vae_pretrained)
+size = model.image_size
 classifier, _ = get_classifier(layout.root, names, rows, layout.split_ids("train"), size, ClassifierConfig())
 test_ids = layout.split_ids("test")
 
@@ -75,8 +75,8 @@ def shown_at(t: int, latents: torch.Tensor, noise: torch.Tensor, context: torch.
     a = model.noise_scheduler.alphas_cumprod[t]
     noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
     steps = torch.full((len(latents),), t)
-    uncond = model(noisy, steps, empty)
-    eps = uncond + args.guidance * (model(noisy, steps, context) - uncond)
+    uncond = model.unet(noisy, steps, encoder_hidden_states=empty).sample
+    eps = uncond + args.guidance * (model.unet(noisy, steps, encoder_hidden_states=context).sample - uncond)
     x0 = (noisy - (1 - a).sqrt() * eps) / a.sqrt()
     images = (model.autoencoder.decode(x0) + 1) / 2
     return predict(classifier, to_uint8(images, size))[:, column].float().mean().item()

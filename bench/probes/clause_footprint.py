@@ -1,6 +1,6 @@
 """How much of the denoising loss can each clause move? Twin faces differing in one attribute, in latent space.
 
-    python bench/clause_footprint.py [--autoencoder artifacts/toy_vq] [--pairs 64]
+    python bench/probes/clause_footprint.py [--autoencoder artifacts/toy_vq] [--pairs 64]
 
 Each pair is one toy face rendered twice from the same random state with a single attribute flipped (the
 renderer draws its nuisances in a fixed order, so only that attribute's pixels change). The squared latent

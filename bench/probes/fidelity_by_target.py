@@ -1,7 +1,7 @@
 """Attribute accuracy of an evaluate.py run, split by what each prompt says (yes vs no): shows whether
 misses are the rare negations ("wears no lipstick") or the positives.
 
-    python bench/fidelity_by_target.py outputs/<evaluate run dir> [Wearing_Lipstick No_Beard Smiling] [--current-judge]
+    python bench/probes/fidelity_by_target.py outputs/<evaluate run dir> [Wearing_Lipstick No_Beard Smiling] [--current-judge]
 Reads the run's metrics.json (prompts, targets, sample files) and scores its samples with the dataset's
 cached attribute classifier: the one that run's evaluate.py used, or with --current-judge today's default
 ClassifierConfig (so runs evaluated under an older judge can be rescored), then also the mean per-attribute

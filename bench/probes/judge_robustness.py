@@ -3,7 +3,7 @@ sharp and degraded (Gaussian blur, noise, 2x down-and-up sampling), for the judg
 images only and for today's default (blur augmentation), side by side; also with the whole image shifted by 1-2 px
 (the toy faces' centres already vary by up to 2.5 px):
 
-    python bench/judge_robustness.py [data_root=data/toy_faces] [image_size=64]
+    python bench/probes/judge_robustness.py [data_root=data/toy_faces] [image_size=64]
 
 Samples from a small latent diffusion model are softer than the data, so a judge whose lipstick verdict
 flips under mild blur scores "wears lipstick" prompts low and "wears no lipstick" prompts high whatever

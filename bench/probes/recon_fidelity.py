@@ -1,7 +1,7 @@
 """Attribute accuracy of the shipped autoencoder's reconstructions vs the originals (held-out split),
 plus the subgroups a mean hides: women without / with lipstick, men without / with a beard.
 
-    python bench/recon_fidelity.py [autoencoder_dir] [--classifier-epochs N]   # default artifacts/toy_vq, today's judge
+    python bench/probes/recon_fidelity.py [autoencoder_dir] [--classifier-epochs N]   # default artifacts/toy_vq, today's judge
 """
 import argparse
 from pathlib import Path
