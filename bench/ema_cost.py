@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -19,11 +18,10 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn, get_ema_multi_avg_fn
 
+from text_ldm.callbacks.ema import TrainableEMAModel
+
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-sys.path.insert(0, str(ROOT / "src"))
-
-from text_ldm.callbacks.ema import TrainableEMAModel  # noqa: E402
 
 
 def seconds_per_update(averaged: AveragedModel, model: torch.nn.Module, repeats: int) -> float:

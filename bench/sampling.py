@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from text_ldm.models.components import DiffusionComponents
+from text_ldm.sampling.pipeline import generate
+from text_ldm.sampling.schedulers import make_sampler
 
-from text_ldm.sampling.checkpoint import load_diffusion  # noqa: E402
-from text_ldm.sampling.pipeline import generate  # noqa: E402
-from text_ldm.sampling.schedulers import make_sampler  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 PROMPT = "She has blond hair and wears eyeglasses."
 
@@ -109,7 +108,7 @@ def main() -> None:
     parser.add_argument("--only-fidelity", action="store_true", help="skip the timing table")
     args = parser.parse_args()
 
-    model = load_diffusion(args.ckpt, args.device)
+    model = DiffusionComponents.from_checkpoint(args.ckpt, use_ema=True).to(args.device)
     print(f"device {args.device}, threads {torch.get_num_threads()}, batch {args.batch}, ckpt {args.ckpt}", flush=True)
     if not args.only_fidelity:
         speed_table(model, args)

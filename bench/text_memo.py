@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -27,7 +26,6 @@ from hydra.utils import instantiate
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-sys.path.insert(0, str(ROOT / "src"))
 
 
 def drawn_batches(datamodule, epochs: int, ranks: int, batch: int) -> list[list[list[str]]]:

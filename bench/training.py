@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,17 +34,16 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
+from text_ldm.data.celeba_layout import read_captions
+from text_ldm.data.datamodule import CelebADataModule
+from text_ldm.data.image_dataset import ImageDataset
+from text_ldm.data.resumable import ResumableDataLoader
+from text_ldm.data.toy_faces import build_toy_faces
+from text_ldm.utils.config import plain
+from training_ddp import time_ddp_step  # bench/training_ddp.py: bench/ is sys.path[0] when run as a script
+
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-sys.path.insert(0, str(ROOT / "src"))
-
-from text_ldm.data.celeba_layout import read_captions  # noqa: E402
-from text_ldm.data.datamodule import CelebADataModule  # noqa: E402
-from text_ldm.data.image_dataset import ImageDataset  # noqa: E402
-from text_ldm.data.resumable import ResumableDataLoader  # noqa: E402
-from text_ldm.data.toy_faces import build_toy_faces  # noqa: E402
-from text_ldm.utils.config import plain  # noqa: E402
-from training_ddp import time_ddp_step  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 
 
 class CaptionedImages(Dataset):
@@ -145,8 +143,13 @@ def main() -> None:
     captions = [read_captions(dm.layout.caption_path(i))[0] for i in ids]
     images = CaptionedImages(ImageDataset(root, ids, args.image_size), captions)
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(args.precision)
-    low = lambda: torch.autocast(device, dtype=dtype) if dtype else torch.autocast(device, enabled=False)  # noqa: E731
-    fp32 = lambda: torch.autocast(device, enabled=False)  # noqa: E731
+
+    def low():
+        return torch.autocast(device, dtype=dtype) if dtype else torch.autocast(device, enabled=False)
+
+    def fp32():
+        return torch.autocast(device, enabled=False)
+
     uncached_text = model.text_encoder._encode  # the encoder itself, bypassing the memo
     vae = model.autoencoder
     vae_dtype = next(vae.parameters(), torch.empty(0)).dtype  # identity: no parameters, float32
@@ -215,7 +218,7 @@ def main() -> None:
     latents = torch.randn(2, *model.latent_shape, device=device)
     context = model.text_encoder(captions[:2]).float()
     # unet.forward, not model(...): on torch 2.11 a compiled UNet whose first call ran under this dispatch
-    # mode was evidently never compiled: the --compile rows before session 11 matched eager and compiled in no time
+    # mode was evidently never compiled (its rows matched eager and compiled in no time)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model.unet.forward(latents, torch.zeros(2, dtype=torch.long, device=device), encoder_hidden_states=context)
     train_flops = 3 * counter.get_total_flops() * args.batch / 2

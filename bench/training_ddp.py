@@ -1,7 +1,7 @@
 """Loop (c) of bench/training.py as `experiment=demo` runs it on a CPU: N DDP processes of one thread each.
 
-One process with two threads leaves the second core mostly idle at the demo's tensor sizes
-(bench/demo_levers.md, session 5), so the shipped CPU recipe trains as two one-thread processes.
+One process with two threads leaves the second core mostly idle at the demo's tensor sizes, so the
+shipped CPU recipe trains as two one-thread processes.
 This times that step: the global batch is split across the ranks, the UNet is wrapped in torch's
 DistributedDataParallel (gloo), and the text memo is warm. training.py calls `time_ddp_step` after its
 round robin when given `--ddp-procs N`, so the row lands in the same table as (a), (b) and (c).

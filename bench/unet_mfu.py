@@ -28,7 +28,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-sys.path.insert(0, str(ROOT / "src"))
 
 HEADER = ("| variant | UNet params M | batch | GFLOP / sample (train) | samples/s | UNet TFLOP/s | MFU | peak mem GiB |\n"
           "|---|---|---|---|---|---|---|---|")
