@@ -45,7 +45,7 @@ def test_classifier_is_cached_and_reused(toy_root, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("sigma_max", [0.0, 1.2])
 def test_classifier_training_blurs_half_the_images_within_the_range(sigma_max, monkeypatch):
-    """The judge must not learn that an attribute is sharp: half of each batch is blurred (bench/judge_robustness.py)."""
+    """The judge must not learn that an attribute is sharp: half of each batch is blurred (bench/probes/judge_robustness.py)."""
     calls = []
 
     def recording_blur(x, kernel_size, sigma):

@@ -39,7 +39,7 @@ class ClassifierConfig:
     seed: int = 0
     # Half of each batch is blurred with sigma ~ U(0.3, blur_sigma_max) px (0: never). Trained on sharp images
     # only, the judge read 39 % of held-out lipstick wearers as bare once downsampled 2x and back, i.e. it
-    # judged sharpness; generated samples are softer than the data (bench/judge_robustness.py).
+    # judged sharpness; generated samples are softer than the data (bench/probes/judge_robustness.py).
     blur_sigma_max: float = 1.2
 
 
