@@ -78,8 +78,8 @@ class CelebADataModule(L.LightningDataModule):
     at a time, decoded by `cache_num_workers` workers), then serves (latent, caption).
     mode="images": serves images in [-1, 1] for training the autoencoder. `toy` (kwargs of
     build_toy_faces) generates the embedded toy-faces dataset at `root` on first use.
-    `caption_length_power` weights the training caption draw towards long captions (see LatentCaptionDataset). `balance_attributes` (names in the
-    attribute file) makes training draw images with weight (share of their combination of those attributes) ** -`balance_power` (data/balance.py);
+    `caption_length_power` weights the training caption draw towards long captions (see LatentCaptionDataset).
+    `balance_attributes` (names in the attribute file) makes training draw images with weight (share of their combination of those attributes) ** -`balance_power` (data/balance.py);
     a list of such lists multiplies one weight per group (`balance_power`: one number, or one per group);
     empty keeps a plain shuffle. `on_missing` ("error" | "skip") governs ids without an image or caption, and corrupt images
     (met while caching, or in mode=images while training): one error naming the file(s), or skip them with a

@@ -50,7 +50,6 @@ class LatentDiffusion(L.LightningModule):
         self.components = DiffusionComponents.build(unet, text_encoder, autoencoder, noise_scheduler, image_size)
         self.unet, self.noise_scheduler = self.components.unet, self.components.noise_scheduler
         self.text_encoder, self.autoencoder = self.components.text_encoder, self.components.autoencoder
-        self.latent_shape = self.components.latent_shape
         self.caption_dropout = float(caption_dropout)
         self.timestep_sampling = {"kind": "uniform", "mean": 0.0, "std": 1.0, **(plain(timestep_sampling) or {})}
         if self.timestep_sampling["kind"] not in TIMESTEP_SAMPLINGS:
@@ -67,6 +66,10 @@ class LatentDiffusion(L.LightningModule):
             self.unet.to(memory_format=torch.channels_last)
         if compile:  # in place, so state_dict keys keep their names (no `_orig_mod.`)
             self.unet.compile(**(plain(compile) if isinstance(compile, dict) or hasattr(compile, "keys") else {}))
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return self.components.latent_shape
 
     def forward(self, noisy_latents, timesteps, context):
         """(B, C, h, w), (B,), (B, L, D) -> the prediction (noise or v) (B, C, h, w)."""

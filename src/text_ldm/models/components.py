@@ -56,10 +56,7 @@ class DiffusionComponents:
         width are derived from the autoencoder and the text encoder."""
         text_encoder, autoencoder = plain(text_encoder), plain(autoencoder)
         encoder, vae = instantiate(text_encoder), instantiate(autoencoder)
-        factor = vae.downsample_factor
-        if image_size % factor:
-            raise ValueError(f"image_size={image_size} is not divisible by the autoencoder's factor {factor}")
-        network = build_unet(plain(unet), vae.latent_channels, image_size // factor, encoder.embed_dim)
+        network = _derived_unet(plain(unet), encoder, vae, image_size)
         return cls(network, DDPMScheduler(**plain(noise_scheduler)), encoder, vae, image_size, text_encoder,
                    autoencoder)
 
@@ -85,19 +82,17 @@ class DiffusionComponents:
             if "unet" in entry:
                 unet = UNet2DConditionModel.from_config(entry["unet"])
             else:  # an older checkpoint: the UNet is derived from its model config, as in training
-                unet = build_unet(entry["unet_model_config"], autoencoder.latent_channels,
-                                  entry["image_size"] // autoencoder.downsample_factor, text_encoder.embed_dim)
+                unet = _derived_unet(entry["unet_model_config"], text_encoder, autoencoder, entry["image_size"])
             scheduler = DDPMScheduler.from_config(entry["noise_scheduler"])
         except (TypeError, ValueError) as err:
             raise ValueError(f"checkpoint {ckpt}: its saved UNet or scheduler config does not build ({err})") from err
         key = "state_dict" if use_ema or "current_model_state" not in checkpoint else "current_model_state"
-        weights = {k[len(UNET_PREFIX):]: v for k, v in checkpoint[key].items() if k.startswith(UNET_PREFIX)}
+        weights = {k: v for k, v in checkpoint[key].items() if k.startswith(UNET_PREFIX)}
         try:
-            check_state_matches({UNET_PREFIX + k: v for k, v in unet.state_dict().items()},
-                                {UNET_PREFIX + k: v for k, v in weights.items()})
+            check_state_matches({UNET_PREFIX + k: v for k, v in unet.state_dict().items()}, weights)
         except ValueError as err:
             raise ValueError(f"{ckpt}: {err}") from err
-        unet.load_state_dict(weights)
+        unet.load_state_dict({k[len(UNET_PREFIX):]: v for k, v in weights.items()})
         return cls(unet.eval(), scheduler, text_encoder, autoencoder, entry["image_size"], entry["text_encoder"],
                    autoencoder_config)
 
@@ -105,6 +100,15 @@ class DiffusionComponents:
         for module in (self.unet, self.text_encoder, self.autoencoder):
             module.to(device)
         return self
+
+
+def _derived_unet(config: dict, text_encoder: FrozenTextEncoder, autoencoder: FrozenAutoencoder,
+                  image_size: int) -> UNet2DConditionModel:
+    """build_unet with the latent shape and text width taken from the encoders."""
+    factor = autoencoder.downsample_factor
+    if image_size % factor:
+        raise ValueError(f"image_size={image_size} is not divisible by the autoencoder's factor {factor}")
+    return build_unet(config, autoencoder.latent_channels, image_size // factor, text_encoder.embed_dim)
 
 
 def _entry_from_hyperparameters(hparams: dict) -> dict:

@@ -96,8 +96,8 @@ def denoise(unet, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, con
     bf16/fp16; latents and scheduler arithmetic stay float32."""
     unet_dtype = next(unet.parameters()).dtype
     cond = cond.to(dtype=unet_dtype)
-    use_cfg = uncond is not None and guidance_scale != 1.0 and not torch.equal(cond, uncond.to(unet_dtype))
-    uncond = uncond.to(dtype=unet_dtype) if use_cfg else None
+    uncond = None if uncond is None or guidance_scale == 1.0 else uncond.to(dtype=unet_dtype)
+    use_cfg = uncond is not None and not torch.equal(cond, uncond)
     both = torch.cat([uncond, cond]) if use_cfg and batched_cfg else None
 
     def predict(x, t, context):
