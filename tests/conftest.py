@@ -59,7 +59,7 @@ def tiny_train_overrides(tmp_path: Path, toy_root: Path, vq_dir: Path) -> list[s
         f"vae.pretrained={vq_dir}", "model=unet_micro", "trainer.accelerator=cpu", "trainer.max_epochs=1",
         "trainer.log_every_n_steps=1", "callbacks.image_logger.every_n_epochs=1",
         "callbacks.image_logger.images_per_prompt=2", "callbacks.image_logger.max_prompts=2",
-        "sampler.steps=3", "logger=csv",
+        "model.sampling.steps=3", "logger=csv",
     ]
 
 

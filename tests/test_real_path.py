@@ -66,7 +66,7 @@ def _overrides(hub, tmp_path, *extra: str) -> list[str]:
             f"text_encoder.pretrained={hub / 'clip-vit-base-patch16'}", "text_encoder.max_length=16",
             f"data.image_size={SIZE}", "data.batch_size=2", "data.num_workers=0", "data.cache_num_workers=0",
             "model=unet_micro", "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.max_epochs=1",
-            "callbacks.image_logger.every_n_epochs=0", "sampler.steps=2",  # previews: sample() covers sampling
+            "callbacks.image_logger.every_n_epochs=0", "model.sampling.steps=2",  # previews: sample() covers sampling
             *extra]
 
 

@@ -1,4 +1,4 @@
-"""Each optimisation option changes what it claims: precision, v-prediction, min-SNR, noise offset,
+"""Each optimisation option changes what it claims: precision, v-prediction (flow matching: test_flow_matching.py), min-SNR, noise offset,
 gradient checkpointing, channels_last, compile, clipping, accumulation, warmup + cosine."""
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def test_train_with_bf16_mixed_on_cpu(train_cfg):
 
 def test_v_prediction_changes_the_target_and_reaches_the_sampler(model_for):
     eps = model_for()
-    v = model_for("model.noise_scheduler.prediction_type=v_prediction")
+    v = model_for("model.objective=v_prediction")
     latents, _ = _batch(v)
     noise, t = torch.randn_like(latents), torch.tensor([10, 300, 600, 990])
     a = v.noise_scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
@@ -59,13 +59,15 @@ def test_v_prediction_changes_the_target_and_reaches_the_sampler(model_for):
     assert torch.equal(eps._target(latents, noise, t), noise)
     for name in ("ddim", "dpmpp_2m", "euler_a", "unipc"):
         assert make_sampler(name, v.noise_scheduler.config).config.prediction_type == "v_prediction"
-    with pytest.raises(Exception, match="prediction_type=.sample.; choose one of"):
-        model_for("model.noise_scheduler.prediction_type=sample")
+    with pytest.raises(Exception, match="objective=.sample.; choose one of"):
+        model_for("model.objective=sample")
+    with pytest.raises(Exception, match="prediction_type='epsilon' contradicts model.objective='v_prediction'"):
+        model_for("model.objective=v_prediction", "+model.noise_scheduler.prediction_type=epsilon")
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
 def test_min_snr_weights(model_for, prediction):
-    model = model_for(f"model.noise_scheduler.prediction_type={prediction}", "model.snr_gamma=5.0")
+    model = model_for(f"model.objective={prediction}", "model.snr_gamma=5.0")
     t = torch.tensor([0, 100, 500, 999])
     a = model.noise_scheduler.alphas_cumprod[t]
     snr = a / (1 - a)

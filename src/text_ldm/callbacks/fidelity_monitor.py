@@ -53,7 +53,7 @@ class AttributeFidelityMonitor(L.Callback):
         prompts = build_prompts(names, rows, test_ids, min(self.n_prompts, len(test_ids)), self.seed)
         was_training = pl_module.training
         pl_module.eval()
-        images = sample_images(pl_module.components, pl_module.preview["sampler"], [p.text for p in prompts],
+        images = sample_images(pl_module.components, pl_module.sampling["sampler"], [p.text for p in prompts],
                                [self.seed + i for i in range(len(prompts))], self.steps, self.guidance_scale,
                                self.batch_size, "fidelity")
         pl_module.train(was_training)

@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from text_ldm.models.components import CHECKPOINT_KEY, DiffusionComponents
 from text_ldm.sampling.pipeline import generate
-from text_ldm.sampling.schedulers import make_sampler
+from text_ldm.sampling.schedulers import make_sampler, recommended_sampling
 from text_ldm.utils.checkpoint_io import check_state_matches, config_changes
 from text_ldm.utils.config import plain
 from text_ldm.utils.optim import configure_from_partials
@@ -25,8 +25,11 @@ FROZEN_DTYPES = {"bf16-mixed": torch.bfloat16, "bf16": torch.bfloat16, "bf16-tru
 
 
 class LatentDiffusion(L.LightningModule):
-    """UNet2DConditionModel trained to predict the noise (or v) added to cached latents,
-    conditioned on a frozen text encoder through cross-attention.
+    """UNet2DConditionModel trained on cached latents, conditioned on a frozen text encoder through
+    cross-attention, with one of three objectives (`objective`): predict the noise (epsilon, the classic
+    recipe) or v = sqrt(a) noise - sqrt(1 - a) x0 on DDPM's schedule (`noise_scheduler`), or, for
+    flow matching (rectified flow, SD3), the velocity noise - x0 along x_t = (1 - sigma) x0 + sigma noise
+    (`flow_scheduler`: diffusers' FlowMatchEulerDiscreteScheduler, its `shift` moving sigma towards noise).
 
     The parts are built by `DiffusionComponents` (models/components.py), whose checkpoint entry lets
     sampling rebuild them without this module. The frozen text encoder and autoencoder are loaded from
@@ -34,20 +37,27 @@ class LatentDiffusion(L.LightningModule):
 
     Optimisation options, each off by default: `noise_offset` (extra per-channel noise, Guttenberg
     2023), `snr_gamma` (min-SNR-gamma weighting), `gradient_checkpointing`, `channels_last`,
-    `compile` (true, or a dict of torch.compile kwargs). The prediction target follows
-    `noise_scheduler.prediction_type` (epsilon | v_prediction), which samplers inherit.
+    `compile` (true, or a dict of torch.compile kwargs). `sampling` is the recipe's recommended
+    sampler, steps and guidance: previews use it, and checkpoints carry it to sample.py.
 
     batch: {"latent": (B, C, h, w) scaled latents, "caption": B strings}.
     """
 
     def __init__(self, unet: dict, text_encoder: dict, autoencoder: dict, noise_scheduler: dict,
                  image_size: int, optimizer: dict | None = None, lr_scheduler: dict | None = None,
-                 caption_dropout: float = 0.1, snr_gamma: float | None = None, preview: dict | None = None,
+                 caption_dropout: float = 0.1, snr_gamma: float | None = None, sampling: dict | None = None,
                  noise_offset: float = 0.0, gradient_checkpointing: bool = False, channels_last: bool = False,
-                 compile: bool | dict = False, timestep_sampling: dict | None = None):
+                 compile: bool | dict = False, timestep_sampling: dict | None = None, objective: str = "epsilon",
+                 flow_scheduler: dict | None = None):
         super().__init__()
         self.save_hyperparameters({k: plain(v) for k, v in locals().items() if k not in ("self", "__class__")})
-        self.components = DiffusionComponents.build(unet, text_encoder, autoencoder, noise_scheduler, image_size)
+        if objective == "flow_matching" and snr_gamma is not None:
+            raise ValueError("model.snr_gamma weights epsilon / v-prediction losses by SNR; flow matching weights "
+                             "by its timestep sampling: set model.snr_gamma=null")
+        self.sampling = recommended_sampling(objective, plain(sampling))
+        self.components = DiffusionComponents.build(unet, text_encoder, autoencoder, noise_scheduler, image_size,
+                                                    objective, flow_scheduler, self.sampling)
+        make_sampler(self.sampling["sampler"], self.components.noise_scheduler.config)  # refuse a mismatch now
         self.unet, self.noise_scheduler = self.components.unet, self.components.noise_scheduler
         self.text_encoder, self.autoencoder = self.components.text_encoder, self.components.autoencoder
         self.caption_dropout = float(caption_dropout)
@@ -58,7 +68,6 @@ class LatentDiffusion(L.LightningModule):
         self.snr_gamma = snr_gamma
         self.noise_offset = float(noise_offset)
         self.channels_last = bool(channels_last)
-        self.preview = {"sampler": "ddim", "steps": 50, "guidance_scale": 3.0, "seed": 0, **(plain(preview) or {})}
         self._rng_to_restore: dict | None = None
         if gradient_checkpointing:  # recompute activations in backward: less memory, ~30% more compute
             self.unet.enable_gradient_checkpointing()
@@ -101,15 +110,22 @@ class LatentDiffusion(L.LightningModule):
             noise = noise + self.noise_offset * offset
         return noise
 
-    def _target(self, latents, noise, timesteps) -> torch.Tensor:
-        """What the UNet learns to predict: the noise, or v = sqrt(a) noise - sqrt(1 - a) x0."""
-        if self.noise_scheduler.config.prediction_type == "v_prediction":
-            return self.noise_scheduler.get_velocity(latents, noise, timesteps)
+    @property
+    def objective(self) -> str:
+        return self.components.objective
+
+    def _target(self, latents, noise, index) -> torch.Tensor:
+        """What the UNet learns to predict at training indices (B,): the noise, v, or the flow's velocity."""
+        if self.objective == "flow_matching":
+            return noise - latents
+        if self.objective == "v_prediction":
+            return self.noise_scheduler.get_velocity(latents, noise, index)
         return noise
 
     def sample_timesteps(self, n: int, device, generator=None, kind: str | None = None) -> torch.Tensor:
-        """(n,) training timesteps. uniform: the classic recipe. logit_normal (Esser et al. 2024, SD3):
-        t = T * sigmoid(N(mean, std)), which spends fewer steps on the nearly clean end, where the
+        """(n,) training indices in [0, T), higher = noisier (the DDPM timestep; for flow matching, the
+        place in the sigma table). uniform: the classic recipe. logit_normal (Esser et al. 2024, SD3):
+        T * sigmoid(N(mean, std)), which spends fewer steps on the nearly clean end, where the
         image already shows what the caption says and the text has little left to teach."""
         num_steps = self.noise_scheduler.config.num_train_timesteps
         if (kind or self.timestep_sampling["kind"]) == "uniform":
@@ -122,11 +138,11 @@ class LatentDiffusion(L.LightningModule):
     def _diffusion_loss(self, latents, captions, generator=None, timestep_kind: str | None = None) -> torch.Tensor:
         context = self.text_encoder(captions).to(latents.dtype)
         noise = self._sample_noise(latents, generator)
-        timesteps = self.sample_timesteps(latents.shape[0], latents.device, generator, timestep_kind)
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        target = self._target(latents, noise, timesteps)
+        index = self.sample_timesteps(latents.shape[0], latents.device, generator, timestep_kind)
+        noisy, timesteps = self.components.forward_process(latents, noise, index)
+        target = self._target(latents, noise, index)
         per_sample = F.mse_loss(self(noisy, timesteps, context).float(), target.float(), reduction="none")
-        return (per_sample.mean(dim=(1, 2, 3)) * self._loss_weights(timesteps)).mean()
+        return (per_sample.mean(dim=(1, 2, 3)) * self._loss_weights(index)).mean()
 
     def _loss_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
         """Min-SNR-gamma weighting (Hang et al. 2023): min(SNR, gamma) / SNR for epsilon,
@@ -170,11 +186,11 @@ class LatentDiffusion(L.LightningModule):
 
     @torch.no_grad()
     def log_images(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        """One preview image per prompt: {"samples": (N, 3, H, W) in [0, 1]}."""
-        p = self.preview
+        """One preview image per prompt, at the recommended sampling and seeds 0..N-1:
+        {"samples": (N, 3, H, W) in [0, 1]}."""
+        p = self.sampling
         sampler = make_sampler(p["sampler"], self.noise_scheduler.config)
-        seeds = [p["seed"] + i for i in range(len(prompts))]
-        images = generate(self.unet, sampler, self.text_encoder, self.autoencoder, prompts, seeds,
+        images = generate(self.unet, sampler, self.text_encoder, self.autoencoder, prompts, list(range(len(prompts))),
                           self.latent_shape, steps=p["steps"], guidance_scale=p["guidance_scale"])
         return {"samples": images}
 

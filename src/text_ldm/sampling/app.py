@@ -90,7 +90,7 @@ def forward_noise_strip(cfg: DictConfig) -> Path:
     validate(cfg, 1)
     model = _load_model(cfg, _device(cfg))
     latents = encode_image(model.autoencoder, cfg.init_image, model.image_size)
-    frames = forward_noise(model.autoencoder, model.noise_scheduler, latents, list(cfg.forward_noise_timesteps),
+    frames = forward_noise(model, latents, list(cfg.forward_noise_timesteps),
                            int(cfg.seed))
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

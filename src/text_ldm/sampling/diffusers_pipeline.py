@@ -56,20 +56,25 @@ def initial_latents(scheduler, noise: torch.Tensor, steps: int, init_latents: to
                     strength: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Set the scheduler's timesteps; return (the latents to start from, the timesteps to run).
     Text-to-image starts from the noise; img2img (`init_latents` (B, C, h, w), strength < 1) noises them to
-    where `strength` of the schedule is left; strength 0 runs no step."""
+    where `strength` of the schedule is left (for a flow sampler: to that step's sigma); strength 0 runs
+    no step."""
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength={strength} must be in [0, 1]")
     scheduler.set_timesteps(steps, device=noise.device)
     timesteps = scheduler.timesteps
     if init_latents is None or strength >= 1.0:
-        return noise * scheduler.init_noise_sigma, timesteps
+        return noise * getattr(scheduler, "init_noise_sigma", 1.0), timesteps
     begin = start_step(steps, strength) * scheduler.order
     timesteps = timesteps[begin:]
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(begin)
     latents = init_latents.to(device=noise.device, dtype=torch.float32)
     if len(timesteps):
-        latents = scheduler.add_noise(latents, noise, timesteps[:1].repeat(len(noise)))
+        start = timesteps[:1].repeat(len(noise))
+        if hasattr(scheduler, "add_noise"):
+            latents = scheduler.add_noise(latents, noise, start)
+        else:  # flow-matching schedulers: (1 - sigma) x0 + sigma noise
+            latents = scheduler.scale_noise(latents, start, noise)
     return latents, timesteps
 
 
@@ -104,7 +109,7 @@ def denoise(unet, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, con
         return unet(x.to(unet_dtype), t, encoder_hidden_states=context).sample.float()
 
     for i, t in enumerate(progress(timesteps)):
-        model_in = scheduler.scale_model_input(latents, t)
+        model_in = scheduler.scale_model_input(latents, t) if hasattr(scheduler, "scale_model_input") else latents
         guided = use_cfg and (guidance_interval is None or guidance_interval[0] <= float(t) <= guidance_interval[1])
         if not guided:
             pred = predict(model_in, t, cond)

@@ -12,6 +12,7 @@ from text_ldm.models.autoencoder import FrozenAutoencoder
 from text_ldm.models.text_encoder import FrozenTextEncoder
 from text_ldm.sampling.diffusers_pipeline import denoise, initial_latents, seeded_noise, step_options
 from text_ldm.sampling.guidance import Guidance
+from text_ldm.sampling.schedulers import is_flow_sampler
 
 # on_step(i, t, x0): i-th step done, x0 = the model's prediction of the clean latents (B, C, h, w).
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
@@ -19,8 +20,11 @@ StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 def predict_x0(model_in: torch.Tensor, pred: torch.Tensor, t: torch.Tensor, scheduler: SchedulerMixin) -> torch.Tensor:
     """Clean-latent estimate from the (scale_model_input-ed) UNet input x_t and its output, for the
-    scheduler's prediction_type. Every sampler's scaled input is in the variance-preserving
-    parametrisation, so alphas_cumprod[t] applies to all of them (sigma samplers up to rounding t)."""
+    scheduler's prediction_type. Every DDPM-family sampler's scaled input is in the variance-preserving
+    parametrisation, so alphas_cumprod[t] applies to all of them (sigma samplers up to rounding t).
+    A flow sampler's x_t = (1 - sigma) x0 + sigma noise with sigma = t / T, and pred = noise - x0."""
+    if is_flow_sampler(scheduler):
+        return model_in - (torch.as_tensor(t, dtype=model_in.dtype) / scheduler.config.num_train_timesteps) * pred
     alpha = scheduler.alphas_cumprod.to(model_in.device)[int(torch.as_tensor(t).round().item())].to(model_in.dtype)
     kind = scheduler.config.prediction_type
     if kind == "epsilon":

@@ -1,25 +1,76 @@
-"""Samplers: diffusers schedulers built from the training noise scheduler's config."""
+"""Samplers: diffusers schedulers built from the training noise scheduler's config, one family per objective."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                       LMSDiscreteScheduler, PNDMScheduler, UniPCMultistepScheduler)
+                       FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler, LMSDiscreteScheduler,
+                       PNDMScheduler, UniPCMultistepScheduler)
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-SAMPLERS: dict[str, type[SchedulerMixin]] = {
-    "ddpm": DDPMScheduler,
-    "ddim": DDIMScheduler,
-    "pndm": PNDMScheduler,
-    "lms": LMSDiscreteScheduler,
-    "euler_a": EulerAncestralDiscreteScheduler,
-    "dpmpp_2m": DPMSolverMultistepScheduler,  # its default algorithm is DPM-Solver++ (2M)
-    "unipc": UniPCMultistepScheduler,
+# name -> (scheduler class, default steps) for models trained with epsilon or v-prediction (DDPM betas).
+DDPM_SAMPLERS: dict[str, tuple[type[SchedulerMixin], int]] = {
+    "ddpm": (DDPMScheduler, 1000),
+    "ddim": (DDIMScheduler, 50),
+    "pndm": (PNDMScheduler, 50),
+    "lms": (LMSDiscreteScheduler, 50),
+    "euler_a": (EulerAncestralDiscreteScheduler, 30),
+    "dpmpp_2m": (DPMSolverMultistepScheduler, 20),  # its default algorithm is DPM-Solver++ (2M)
+    "unipc": (UniPCMultistepScheduler, 20),
 }
+# ... and for flow matching models (sigma from 1 to 0, velocity prediction).
+FLOW_SAMPLERS: dict[str, tuple[type[SchedulerMixin], int]] = {
+    "flow_euler": (FlowMatchEulerDiscreteScheduler, 50),
+    "flow_heun": (FlowMatchHeunDiscreteScheduler, 25),  # second order: two UNet calls a step
+    "flow_dpmpp_2m": (DPMSolverMultistepScheduler, 20),  # DPM-Solver++ (2M) on the flow sigmas
+}
+SAMPLERS = {**DDPM_SAMPLERS, **FLOW_SAMPLERS}
 
 
-def make_sampler(name: str, train_scheduler_config: dict[str, Any], **overrides: Any) -> SchedulerMixin:
-    """A fresh sampler of kind `name` that shares the training betas (the model only knows those)."""
+def is_flow_config(train_scheduler_config: Mapping[str, Any]) -> bool:
+    """A flow-matching training scheduler (FlowMatchEulerDiscreteScheduler) has a `shift`, a DDPM one betas."""
+    return "shift" in train_scheduler_config and "beta_schedule" not in train_scheduler_config
+
+
+def is_flow_sampler(scheduler: SchedulerMixin) -> bool:
+    return type(scheduler).__name__.startswith("FlowMatch") or bool(scheduler.config.get("use_flow_sigmas"))
+
+
+def family(train_scheduler_config: Mapping[str, Any]) -> dict[str, tuple[type[SchedulerMixin], int]]:
+    return FLOW_SAMPLERS if is_flow_config(train_scheduler_config) else DDPM_SAMPLERS
+
+
+def default_steps(name: str) -> int:
     if name not in SAMPLERS:
         raise ValueError(f"sampler={name!r} is unknown; choose one of {sorted(SAMPLERS)}")
-    return SAMPLERS[name].from_config(dict(train_scheduler_config), **overrides)
+    return SAMPLERS[name][1]
+
+
+def make_sampler(name: str, train_scheduler_config: Mapping[str, Any], **overrides: Any) -> SchedulerMixin:
+    """A fresh sampler of kind `name` that shares the training schedule (betas, or the flow shift): the
+    model only knows that one. A sampler of the other objective's family is refused."""
+    available = family(train_scheduler_config)
+    if name not in available:
+        objective = "flow-matching" if available is FLOW_SAMPLERS else "epsilon / v-prediction"
+        known = "unknown" if name not in SAMPLERS else f"not for this {objective} model"
+        raise ValueError(f"sampler={name!r} is {known}; choose one of {sorted(available)}")
+    cls = available[name][0]
+    config = dict(train_scheduler_config)
+    if available is DDPM_SAMPLERS:
+        return cls.from_config(config, **overrides)
+    steps, shift = config["num_train_timesteps"], config["shift"]
+    if cls is DPMSolverMultistepScheduler:
+        return cls(num_train_timesteps=steps, use_flow_sigmas=True, prediction_type="flow_prediction",
+                   flow_shift=shift, **overrides)
+    return cls(num_train_timesteps=steps, shift=shift, **overrides)  # Heun knows only these two
+
+
+def recommended_sampling(objective: str, sampling: Mapping[str, Any] | None) -> dict[str, Any]:
+    """{"sampler", "steps", "guidance_scale"}: nulls become the objective's default sampler (DDIM, or
+    Euler for flow matching), that sampler's default steps, and guidance 3. A checkpoint saved without
+    them gets exactly that: the settings sample.py used before checkpoints carried any."""
+    given = {k: v for k, v in (sampling or {}).items() if v is not None}
+    name = str(given.get("sampler", "flow_euler" if objective == "flow_matching" else "ddim"))
+    return {"sampler": name, "steps": int(given.get("steps", default_steps(name))),
+            "guidance_scale": float(given.get("guidance_scale", 3.0))}

@@ -5,10 +5,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
 from text_ldm.models.autoencoder import FrozenAutoencoder
+from text_ldm.models.components import DiffusionComponents
 from text_ldm.sampling.pipeline import decode
 from text_ldm.utils.atomic import atomic_path, atomic_save_png
 from text_ldm.utils.grid import captioned_grid, to_pil
@@ -61,17 +61,18 @@ def write_strip_and_gif(frames: Sequence[tuple[int, torch.Tensor]], out_dir: Pat
 
 
 @torch.no_grad()
-def forward_noise(autoencoder: FrozenAutoencoder, scheduler: SchedulerMixin, latents: torch.Tensor,
-                  timesteps: Sequence[int], seed: int) -> list[tuple[int, torch.Tensor]]:
-    """q(x_t | x_0) with the training schedule at each t, decoded: [(t, (B, 3, H, W) in [0, 1])].
-    One noise draw (from `seed`) is shared by all t, so the strip shows one path getting noisier."""
-    limit = int(scheduler.config.num_train_timesteps)
+def forward_noise(model: DiffusionComponents, latents: torch.Tensor, timesteps: Sequence[int],
+                  seed: int) -> list[tuple[int, torch.Tensor]]:
+    """q(x_t | x_0) with the training schedule at each t (for flow matching, the t-th sigma of its
+    table), decoded: [(t, (B, 3, H, W) in [0, 1])]. One noise draw (from `seed`) is shared by all t, so
+    the strip shows one path getting noisier."""
+    limit = int(model.noise_scheduler.config.num_train_timesteps)
     bad = [t for t in timesteps if not 0 <= int(t) < limit]
     if bad:
         raise ValueError(f"forward_noise_timesteps {bad} are outside [0, {limit - 1}]")
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(int(seed))).to(latents)
     out = []
     for t in timesteps:
-        noisy = scheduler.add_noise(latents, noise, torch.full((latents.shape[0],), int(t), dtype=torch.long))
-        out.append((int(t), decode(autoencoder, noisy).cpu()))
+        noisy, _ = model.forward_process(latents, noise, torch.full((latents.shape[0],), int(t), dtype=torch.long))
+        out.append((int(t), decode(model.autoencoder, noisy).cpu()))
     return out
