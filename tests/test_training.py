@@ -85,6 +85,19 @@ def test_unknown_choice_lists_the_options(group, choice):
     assert "Available options" in str(err.value)
 
 
+def test_every_offered_model_choice_is_a_whole_model(tmp_path):
+    """The shared base of the UNet configs is not a choice: each option Hydra offers builds a UNet."""
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException) as err:
+        compose_config("train", ["model=unet_nope"])
+    offered = re.findall(r"^\t(\S+)$", str(err.value).split("Available options in 'model':")[1], re.M)
+    assert "unet_tiny" in offered
+    for choice in offered:
+        cfg = compose_config("train", [f"model={choice}", f"paths.root_dir={tmp_path}"])
+        assert "unet" in cfg.model, f"model={choice} is offered but is no whole model"
+
+
 def test_every_model_size_composes_and_builds(tmp_path, tiny_vq_dir, toy_root):
     from text_ldm.models.unet import build_unet
     from text_ldm.utils.config import plain
