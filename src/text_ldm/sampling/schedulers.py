@@ -74,3 +74,22 @@ def recommended_sampling(objective: str, sampling: Mapping[str, Any] | None) -> 
     name = str(given.get("sampler", "flow_euler" if objective == "flow_matching" else "ddim"))
     return {"sampler": name, "steps": int(given.get("steps", default_steps(name))),
             "guidance_scale": float(given.get("guidance_scale", 3.0))}
+
+
+def resolve_sampling(objective: str, recommended: Mapping[str, Any] | None, sampler: str | None = None,
+                     steps: int | None = None, guidance_scale: float | None = None) -> tuple[dict[str, Any], str]:
+    """What sample.py / evaluate.py run: each of sampler, steps and guidance_scale as the user gave it,
+    else the checkpoint's recommendation (steps: the recommended ones only for the recommended sampler,
+    otherwise the chosen sampler's default). Returns (the settings, a line saying where each came from)."""
+    rec = recommended_sampling(objective, recommended)
+    chosen = {"sampler": sampler or rec["sampler"],
+              "guidance_scale": float(guidance_scale if guidance_scale is not None else rec["guidance_scale"])}
+    if steps is not None:
+        chosen["steps"] = int(steps)
+    else:
+        chosen["steps"] = rec["steps"] if chosen["sampler"] == rec["sampler"] else default_steps(chosen["sampler"])
+    source = {"sampler": "" if sampler else " (checkpoint)",
+              "steps": "" if steps is not None else (" (checkpoint)" if chosen["sampler"] == rec["sampler"]
+                                                    else " (sampler default)"),
+              "guidance_scale": "" if guidance_scale is not None else " (checkpoint)"}
+    return chosen, "sampling: " + ", ".join(f"{key}={chosen[key]}{source[key]}" for key in source)
