@@ -240,8 +240,9 @@ def test_a_mistyped_root_is_not_filled_with_toy_faces(tmp_path, entry, typo):
     cfg = compose_config(entry, overrides)
     with pytest.raises(Exception) as err:
         reconstruct(cfg) if entry == "reconstruct" else train(cfg)
-    assert str(_unwrap_instantiation(err.value)).startswith(f"dataset root not found: {cfg.data.root} (toy faces are generated only at "
-                                     f"{tmp_path / 'project' / 'data' / 'toy_faces'} or with data.generate=true)")
+    default = tmp_path / "project" / "data" / "toy_faces"
+    assert str(_unwrap_instantiation(err.value)).startswith(
+        f"dataset root not found: {cfg.data.root} (toy faces are generated only at {default} or with data.generate=true)")
     assert not typo_dir.exists() and not (tmp_path / "project").exists()
 
 
@@ -251,7 +252,8 @@ def test_toy_faces_are_generated_in_their_default_place_or_where_asked(tmp_path)
     from conftest import compose_config
 
     def images_at(overrides):
-        instantiate(compose_config("autoencoder", [f"paths.root_dir={tmp_path}", *_SMALL_TOY, *overrides]).data).prepare_data()
+        cfg = compose_config("autoencoder", [f"paths.root_dir={tmp_path}", *_SMALL_TOY, *overrides])
+        instantiate(cfg.data).prepare_data()
 
     images_at([])  # the default: what `make demo` and a plain `python train.py` rely on
     assert len(list((tmp_path / "data" / "toy_faces" / IMAGE_DIR).glob("*.png"))) == 6

@@ -13,7 +13,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from text_ldm.data.balance import balance_groups, combination_shares, grouped_balance_weights
-from text_ldm.data.celeba_layout import EXPECTED_LAYOUT, CelebALayout, DatasetLayoutError, read_attributes, read_captions
+from text_ldm.data.celeba_layout import (EXPECTED_LAYOUT, CelebALayout, DatasetLayoutError, read_attributes,
+                                         read_captions)
 from text_ldm.data.image_dataset import ImageDataset, collate_skipping_corrupt
 from text_ldm.data.latent_cache import LatentCache, build_latent_cache
 from text_ldm.data.resumable import ResumableDataLoader
