@@ -17,6 +17,7 @@ from text_ldm.data.datamodule import CelebADataModule
 from text_ldm.data.image_dataset import collate_skipping_corrupt, reset_upscale_warning, to_tensor
 from text_ldm.data.latent_cache import LatentCache
 from text_ldm.models.autoencoder import FrozenAutoencoder
+from text_ldm.utils.cli import _unwrap_instantiation
 
 SIZE = 32
 
@@ -215,3 +216,52 @@ def test_stage1_images_mode_corrupt_image_error_names_the_file(root, tmp_path):
     with pytest.raises(DatasetLayoutError, match="data.on_missing=skip") as err:
         _image_batches(dm)
     assert "corrupt or unreadable image" in str(err.value)
+
+
+# Small enough that a run which wrongly generates (and then trains) still ends soon.
+_SMALL_TOY = ["data.toy.num_train=4", "data.toy.num_test=2", "data.image_size=16", "trainer.max_steps=1"]
+
+
+@pytest.mark.parametrize("entry, typo", [("train", "paths.data_dir"), ("train", "data.root"),
+                                         ("autoencoder", "paths.data_dir"), ("reconstruct", "data.root")])
+def test_a_mistyped_root_is_not_filled_with_toy_faces(tmp_path, entry, typo):
+    """train.py (stage 2 and --config-name autoencoder) and reconstruct fail on a path nobody asked to fill."""
+    from conftest import compose_config
+
+    from text_ldm.reconstruct import reconstruct
+    from text_ldm.training import train
+
+    typo_dir = tmp_path / "nonexistent"
+    overrides = [f"paths.root_dir={tmp_path / 'project'}", f"{typo}={typo_dir}", *_SMALL_TOY]
+    if entry == "reconstruct":
+        overrides = [o for o in overrides if not o.startswith("trainer.")] + [f"out_dir={tmp_path / 'out'}"]
+    else:
+        overrides.append(f"paths.output_dir={tmp_path / 'run'}")
+    cfg = compose_config(entry, overrides)
+    with pytest.raises(Exception) as err:
+        reconstruct(cfg) if entry == "reconstruct" else train(cfg)
+    default = tmp_path / "project" / "data" / "toy_faces"
+    assert str(_unwrap_instantiation(err.value)).startswith(
+        f"dataset root not found: {cfg.data.root} (toy faces are generated only at {default} or with data.generate=true)")
+    assert not typo_dir.exists() and not (tmp_path / "project").exists()
+
+
+def test_toy_faces_are_generated_in_their_default_place_or_where_asked(tmp_path):
+    from hydra.utils import instantiate
+
+    from conftest import compose_config
+
+    def images_at(overrides):
+        cfg = compose_config("autoencoder", [f"paths.root_dir={tmp_path}", *_SMALL_TOY, *overrides])
+        instantiate(cfg.data).prepare_data()
+
+    images_at([])  # the default: what `make demo` and a plain `python train.py` rely on
+    assert len(list((tmp_path / "data" / "toy_faces" / IMAGE_DIR).glob("*.png"))) == 6
+    images_at([f"paths.data_dir={tmp_path / 'elsewhere'}", "data.generate=true"])
+    assert len(list((tmp_path / "elsewhere" / "toy_faces" / IMAGE_DIR).glob("*.png"))) == 6
+    images_at([f"data.root={tmp_path / 'elsewhere' / 'toy_faces'}"])  # an existing toy dataset is reused anywhere
+    with pytest.raises(Exception, match="dataset root not found"):
+        images_at([f"paths.root_dir={tmp_path / 'fresh'}", "data.generate=false"])
+    with pytest.raises(Exception, match="data.generate=true needs data.toy"):
+        images_at(["data.toy=null", "data.generate=true"])
+

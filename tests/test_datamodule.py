@@ -17,7 +17,8 @@ def _datamodule(tmp_path, vq_dir, **kwargs) -> CelebADataModule:
     autoencoder = {"_target_": "text_ldm.models.autoencoder.FrozenAutoencoder.from_pretrained",
                    "pretrained": str(vq_dir), "kind": "vq"}
     defaults = dict(root=str(tmp_path / "toy"), image_size=IMAGE_SIZE, batch_size=4, cache_dir=str(tmp_path / "cache"),
-                    autoencoder=autoencoder, toy={"num_train": 12, "num_test": 4, "seed": 3, "progress": False})
+                    autoencoder=autoencoder, toy={"num_train": 12, "num_test": 4, "seed": 3, "progress": False},
+                    generate=True)
     return CelebADataModule(**{**defaults, **kwargs})
 
 

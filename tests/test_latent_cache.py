@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,9 +13,12 @@ import numpy as np
 import pytest
 import torch
 
+from diffusers import VQModel
+
 from conftest import IMAGE_SIZE, tiny_vq
 from fake_celebahq import one_thread  # noqa: F401  (autouse fixture)
-from text_ldm.data.celeba_layout import read_split
+from text_ldm.data.celeba_layout import IMAGE_DIR, read_split
+from text_ldm.data.datamodule import CelebADataModule
 from text_ldm.data.image_dataset import ImageDataset
 from text_ldm.data.latent_cache import LATENTS, MANIFEST, LatentCache, build_latent_cache
 from text_ldm.models.autoencoder import FrozenAutoencoder
@@ -129,7 +133,8 @@ def test_decoding_workers_give_the_same_bytes(tmp_path, toy_root):
 CHILD = """
 import sys, time, torch
 torch.set_num_threads(int(sys.argv[5]))  # the parent's, so both compute the same bits
-from text_ldm.data.celeba_layout import read_split
+from text_ldm.data.celeba_layout import IMAGE_DIR, read_split
+from text_ldm.data.datamodule import CelebADataModule
 from text_ldm.data.image_dataset import ImageDataset
 from text_ldm.data.latent_cache import build_latent_cache
 from text_ldm.models.autoencoder import FrozenAutoencoder
@@ -167,7 +172,8 @@ def test_sigkill_during_caching_then_rerun_gives_identical_files(tmp_path, toy_r
     child.send_signal(signal.SIGKILL)
     assert child.wait(timeout=30) == -signal.SIGKILL, child.stderr.read().decode()[-2000:]
     assert 8 <= done < 32, f"the child was not caught half-way (done={done})"
-    assert not [p for p in cache_root.iterdir() if not p.name.endswith((".partial", ".lock"))]  # nothing looks finished
+    # nothing looks finished (hidden: the lock and the images' digest memo)
+    assert not [p for p in cache_root.iterdir() if not p.name.endswith(".partial") and not p.name.startswith(".")]
 
     ae = FrozenAutoencoder.from_pretrained(str(tiny_vq_dir), kind="vq")
     dataset = _dataset(toy_root)
@@ -206,3 +212,45 @@ def test_a_new_build_names_the_older_caches_of_its_split(tmp_path, toy_root, cap
     out = capsys.readouterr().out
     assert new.path != old.path and old.path.exists()  # kept: another config may still use it
     assert "1 other cache(s) of split 'train'" in out and old.path.name in out
+
+
+def test_autoencoder_fingerprint_does_not_depend_on_where_it_was_loaded_from(tmp_path, tiny_vq_dir):
+    here = FrozenAutoencoder.from_pretrained(str(tiny_vq_dir), kind="vq").fingerprint()
+    moved = tmp_path / "elsewhere" / "vq"
+    shutil.copytree(tiny_vq_dir, moved, copy_function=shutil.copy)  # as `cp -r`: new path, new mtimes
+    assert FrozenAutoencoder.from_pretrained(str(moved), kind="vq").fingerprint() == here
+    assert FrozenAutoencoder.from_pretrained(str(moved), kind="vq", scaling_factor=0.25).fingerprint() != here
+    model = VQModel.from_pretrained(moved)
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    model.save_pretrained(moved)
+    assert FrozenAutoencoder.from_pretrained(str(moved), kind="vq").fingerprint() != here
+
+
+def _cache_names(checkout, **vae) -> list[str]:
+    """prepare_data of a checkout's data, autoencoder and cache; the names of the caches it then holds."""
+    autoencoder = {"_target_": "text_ldm.models.autoencoder.FrozenAutoencoder.from_pretrained",
+                   "pretrained": str(checkout / "artifacts" / "vq"), "kind": "vq", **vae}
+    CelebADataModule(root=str(checkout / "data" / "toy_faces"), image_size=IMAGE_SIZE, cache_dir=str(checkout / "cache"),
+                     autoencoder=autoencoder).prepare_data()
+    return sorted(p.name for p in (checkout / "cache").iterdir() if not p.name.startswith("."))
+
+
+def test_a_copied_or_moved_checkout_finds_its_latent_cache(tmp_path, toy_root, tiny_vq_dir):
+    first = tmp_path / "first"
+    shutil.copytree(toy_root, first / "data" / "toy_faces")
+    shutil.copytree(tiny_vq_dir, first / "artifacts" / "vq")
+    built = _cache_names(first)
+    assert [name.split("-")[0] for name in built] == ["test", "train"]
+    copied = tmp_path / "copied"
+    shutil.copytree(first, copied, copy_function=shutil.copy)  # as `cp -r`: every path and mtime new
+    assert _cache_names(copied) == built
+    moved = tmp_path / "moved"
+    shutil.move(copied, moved)
+    assert _cache_names(moved) == built
+    # What the latents depend on still counts: the scale, and an image's content under the same id.
+    rescaled = _cache_names(moved, scaling_factor=0.25)
+    assert len(set(rescaled) - set(built)) == 2
+    images = moved / "data" / "toy_faces" / IMAGE_DIR
+    shutil.copy(images / "1.png", images / "0.png")
+    assert [name.split("-")[0] for name in set(_cache_names(moved)) - set(rescaled)] == ["train"]

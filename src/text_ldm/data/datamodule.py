@@ -13,7 +13,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from text_ldm.data.balance import balance_groups, combination_shares, grouped_balance_weights
-from text_ldm.data.celeba_layout import CelebALayout, read_attributes, read_captions
+from text_ldm.data.celeba_layout import (EXPECTED_LAYOUT, CelebALayout, DatasetLayoutError, read_attributes,
+                                         read_captions)
 from text_ldm.data.image_dataset import ImageDataset, collate_skipping_corrupt
 from text_ldm.data.latent_cache import LatentCache, build_latent_cache
 from text_ldm.data.resumable import ResumableDataLoader
@@ -77,7 +78,9 @@ class CelebADataModule(L.LightningDataModule):
     FrozenAutoencoder) into `cache_dir` (on the GPU when there is one, `cache_batch_size` images
     at a time, decoded by `cache_num_workers` workers), then serves (latent, caption).
     mode="images": serves images in [-1, 1] for training the autoencoder. `toy` (kwargs of
-    build_toy_faces) generates the embedded toy-faces dataset at `root` on first use.
+    build_toy_faces) describes the embedded toy-faces dataset; it is generated at `root` on first use only
+    where `generate` allows: "auto" when `root` is `default_root` (its place in the project), True anywhere,
+    False never. Elsewhere a missing root fails at construction, so a mistyped path is not filled with data.
     `caption_length_power` weights the training caption draw towards long captions (see LatentCaptionDataset).
     `balance_attributes` (names in the attribute file) makes training draw images with weight (share of their combination of those attributes) ** -`balance_power` (data/balance.py);
     a list of such lists multiplies one weight per group (`balance_power`: one number, or one per group);
@@ -87,7 +90,8 @@ class CelebADataModule(L.LightningDataModule):
     """
 
     def __init__(self, root: str, image_size: int = 64, mode: str = "latents", batch_size: int = 64,
-                 num_workers: int = 0, toy: dict[str, Any] | None = None, on_missing: str = "error",
+                 num_workers: int = 0, toy: dict[str, Any] | None = None, generate: bool | str = "auto",
+                 default_root: str | None = None, on_missing: str = "error",
                  cache_dir: str | None = None, autoencoder: dict[str, Any] | None = None,
                  cache_batch_size: int = 64, cache_num_workers: int = 0, seed: int = 0, preview_count: int = 8,
                  caption_length_power: float = 0.0, balance_attributes: list | None = None,
@@ -113,21 +117,42 @@ class CelebADataModule(L.LightningDataModule):
             raise ValueError("data.balance_attributes applies to mode=latents (stage 2) only")
         self.train_weights = None
         self.layout = CelebALayout(self.root)
-        if self.toy is None:
+        self.default_root = Path(default_root) if default_root else None
+        self.generate = self._may_generate(generate)
+        if not self.generate:
             # Fail in seconds, before train.py loads (or downloads) CLIP and the VAE, not after.
-            self.layout.check()
+            self._check_root()
         self.datasets: dict[str, Dataset] = {}
         self._ids: dict[str, list[str]] = {}
 
     def prepare_data(self) -> None:
-        """Runs on one process: generate toy data if asked, then fill the latent cache."""
-        if self.toy is not None:
+        """Runs on one process: generate toy data if allowed, then fill the latent cache."""
+        if not self.generate:
+            self._check_root()
+        if self.toy is not None:  # reuses the dataset at root (refusing another one), or writes it where allowed
             build_toy_faces(self.root, image_size=self.image_size, **self.toy)
         self.layout.check()
         if self.mode == "latents":
             autoencoder = self._autoencoder()
             for split in ("train", "test"):
                 self._cache(split, autoencoder)
+
+    def _may_generate(self, generate: bool | str) -> bool:
+        if generate not in (True, False, "auto"):
+            raise ValueError(f"data.generate={generate!r}; choose auto, true or false")
+        if generate is True and self.toy is None:
+            raise ValueError("data.generate=true needs data.toy (what to generate), as in data=toy_faces")
+        if generate == "auto":
+            return self.toy is not None and self.default_root is not None \
+                and self.root.resolve() == self.default_root.resolve()
+        return bool(generate)
+
+    def _check_root(self) -> None:
+        if self.toy is not None and not self.root.exists():
+            where = f"only at {self.default_root} or" if self.default_root else "only"
+            raise DatasetLayoutError(f"dataset root not found: {self.root} (toy faces are generated {where} "
+                                     f"with data.generate=true)\n{EXPECTED_LAYOUT}")
+        self.layout.check()
 
     def _autoencoder(self):
         return instantiate(self.autoencoder_config)

@@ -11,6 +11,8 @@ from torch.utils.data import Dataset, default_collate, get_worker_info
 from text_ldm.data.celeba_layout import CelebALayout, DatasetLayoutError, load_image
 
 ON_CORRUPT = ("error", "skip")
+# Bump when load_image or to_tensor change the pixels of a file: latent caches are keyed on it.
+TRANSFORM_VERSION = 1
 
 # One upscale warning per process ("per run"), however many datasets, splits or images are small.
 _upscale_warned = False

@@ -1,10 +1,11 @@
 """Encode a split's images once into a memory-mapped latent cache that knows what it was made from.
 
 On disk: `<cache_root>/<split>-<fingerprint[:16]>/{latents.npy, manifest.json}`. The fingerprint
-covers the autoencoder (kind, scale, config, weights), the image size and the ordered id list, so
-a cache made by another VAE, scale, size or image list is never used: it simply is not found,
-and a new one is built. Building happens in a `.partial` sibling that records progress after
-every batch; a killed build resumes there and the final rename is atomic. Rows are written
+covers the autoencoder (kind, scale, encode dtype, config, weights), the image size and transform,
+the ordered id list and the images' content, and no path: a cache made by another VAE, scale, size
+or image list is never used (it simply is not found, and a new one is built), while a moved or
+copied checkout or dataset finds its caches again. Building happens in a `.partial` sibling that
+records progress after every batch; a killed build resumes there and the final rename is atomic. Rows are written
 before the progress record that counts them, so a kill at any instant loses at most one batch of
 work and the resumed cache is byte-identical to an uninterrupted one. A hidden `.<name>.lock` sibling
 lets one process build a given cache at a time; the others wait, then reuse it.
@@ -27,7 +28,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from text_ldm.data.celeba_layout import DatasetLayoutError
-from text_ldm.data.image_dataset import ImageDataset, corrupt_hint, warn_upscaled_once
+from text_ldm.data.content_digest import files_digest
+from text_ldm.data.image_dataset import TRANSFORM_VERSION, ImageDataset, corrupt_hint, warn_upscaled_once
 from text_ldm.utils.atomic import atomic_write_text
 
 if TYPE_CHECKING:  # the cache only calls encode() and fingerprint(): data does not depend on models
@@ -80,9 +82,12 @@ class _Reporting(Dataset):
         return self.dataset.load(index)
 
 
-def cache_fingerprint(autoencoder_fingerprint: str, image_size: int, ids: list[str]) -> str:
+def cache_fingerprint(autoencoder_fingerprint: str, image_size: int, ids: list[str], images_digest: str) -> str:
+    # The images' bytes and paths relative to the root, not the root or mtimes: a moved or copied dataset
+    # hits its cache, an edited image misses it.
     payload = {"version": FORMAT_VERSION, "autoencoder": autoencoder_fingerprint, "image_size": image_size,
-               "ids": hashlib.sha256("\n".join(ids).encode()).hexdigest(), "dtype": "float32"}
+               "transform": TRANSFORM_VERSION, "ids": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+               "images": images_digest, "dtype": "float32"}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -102,7 +107,9 @@ def build_latent_cache(dataset: ImageDataset, autoencoder: FrozenAutoencoder, ca
     the rows encoded so far are kept for the rerun.
     """
     ae_fp = autoencoder.fingerprint()
-    fingerprint = cache_fingerprint(ae_fp, dataset.image_size, dataset.ids)
+    files = [dataset.layout.image_path(i) for i in dataset.ids]
+    images_digest = files_digest(dataset.layout.root, files, cache_root)
+    fingerprint = cache_fingerprint(ae_fp, dataset.image_size, dataset.ids, images_digest)
     final = Path(cache_root) / f"{split}-{fingerprint[:16]}"
     final.parent.mkdir(parents=True, exist_ok=True)
     # Two jobs of a parallel sweep may want the same cache: one builds it, the other waits and reuses it
@@ -114,15 +121,15 @@ def build_latent_cache(dataset: ImageDataset, autoencoder: FrozenAutoencoder, ca
         print(f"[latent cache] another process is building {final}; waiting for it", flush=True)
         lock.acquire()
     try:
-        return _open_or_build(dataset, autoencoder, final, fingerprint, ae_fp, split, batch_size, device,
-                              progress, num_workers)
+        return _open_or_build(dataset, autoencoder, final, fingerprint, ae_fp, images_digest, split, batch_size,
+                              device, progress, num_workers)
     finally:
         lock.release()
 
 
 def _open_or_build(dataset: ImageDataset, autoencoder: FrozenAutoencoder, final: Path, fingerprint: str,
-                   ae_fp: str, split: str, batch_size: int, device: str | torch.device, progress: bool,
-                   num_workers: int) -> LatentCache:
+                   ae_fp: str, images_digest: str, split: str, batch_size: int, device: str | torch.device,
+                   progress: bool, num_workers: int) -> LatentCache:
     if final.exists():
         try:
             cache = LatentCache.open(final)
@@ -173,7 +180,8 @@ def _open_or_build(dataset: ImageDataset, autoencoder: FrozenAutoencoder, final:
     _atomic_write_json(partial / MANIFEST, {
         "format_version": FORMAT_VERSION, "fingerprint": fingerprint, "autoencoder_fingerprint": ae_fp,
         "autoencoder": autoencoder.source, "scaling_factor": scale, "encode_dtype": autoencoder.encode_dtype,
-        "image_size": dataset.image_size, "split": split, "ids": [dataset.ids[i] for i in kept],
+        "image_size": dataset.image_size, "images_digest": images_digest, "split": split,
+        "ids": [dataset.ids[i] for i in kept],
         "skipped": [{"id": dataset.ids[int(k)], "reason": skipped[k]} for k in sorted(skipped, key=int)],
         "latent_shape": list(shape[1:]), "dtype": "float32"})
     (partial / PROGRESS).unlink()

@@ -106,14 +106,19 @@ class FrozenAutoencoder(nn.Module):
         return self.model.decode(latents).sample.clamp(-1, 1)
 
     def fingerprint(self) -> str:
-        """Changes whenever the encoder would produce different latents: kind, scale, config, weights."""
+        """Changes whenever the encoder would produce different latents: kind, scale, encode dtype, config,
+        weights. Nothing that says where the model was loaded from, so a moved or copied checkout keeps its caches."""
         identity = {"kind": self.kind, "scale": self.scaling_factor}  # decode-only options do not change latents
         if self.encode_dtype != "float32":  # only when set, so float32 caches keep their fingerprints
             identity["encode_dtype"] = self.encode_dtype
         digest = hashlib.sha256(json.dumps(identity).encode())
         if self.model is not None:
-            digest.update(json.dumps(dict(self.model.config), sort_keys=True, default=str).encode())
+            # diffusers' bookkeeping keys (_name_or_path: the load path, _diffusers_version, ...) leave the
+            # latents alone; so does the config's scaling_factor, which `scale` above replaces.
+            config = {k: v for k, v in dict(self.model.config).items()
+                      if not k.startswith("_") and k != "scaling_factor"}
+            digest.update(json.dumps(config, sort_keys=True, default=str).encode())
             for name, tensor in sorted(self.model.state_dict().items()):
-                digest.update(name.encode())
+                digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
                 digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
