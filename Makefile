@@ -48,7 +48,7 @@ demo: install $(AUTOENCODER)/config.json
 		callbacks.time_budget.ends_by=$(DEMO_ENDS_BY) $(DEMO_ARGS) \
 		$$(test -f $(DEMO_DIR)/checkpoints/last.ckpt && echo ckpt_path=$(DEMO_DIR)/checkpoints/last.ckpt)
 	$(PY) sample.py ckpt=$(DEMO_DIR)/checkpoints/last.ckpt prompts_file=conf/demo_prompts.txt \
-		num_images_per_prompt=4 guidance_scale=9.0 out_dir=$(DEMO_DIR)/samples hydra.run.dir=$(DEMO_DIR)/sample_run
+		num_images_per_prompt=4 out_dir=$(DEMO_DIR)/samples hydra.run.dir=$(DEMO_DIR)/sample_run
 	@echo "demo grid: $(DEMO_DIR)/samples/grid.png"
 
 clean-demo:

@@ -151,7 +151,8 @@ def test_fid_fallback_is_named_and_never_called_fid(monkeypatch):
 
 
 @pytest.mark.parametrize("bad", ["n_prompts=0", "num_images_per_prompt=0", "steps=0", "guidance_scale=-1",
-                                 "guidance_rescale=-0.5", "guidance_interval=[-1,500]"])
+                                 "guidance_rescale=-0.5", "guidance_interval=[-1,500]",
+                                 "phrasing=slang", "sampler=nope"])
 def test_bad_arguments_are_refused(bad, tmp_path):
     from text_ldm.evaluation.app import evaluate
 
@@ -197,6 +198,13 @@ def test_evaluate_end_to_end(train_cfg, tmp_path, toy_root, capsys):
     assert "empty_prompt_floor" not in quick["attribute_accuracy"] and not (tmp_path / "quick" / "empty_prompt").exists()
     assert quick["attribute_accuracy"]["samples"] == metrics["attribute_accuracy"]["samples"]  # same seeds, same samples
     assert "empty-prompt floor" not in capsys.readouterr().out
+
+    free = evaluate(compose_config("evaluate", [*cfg_overrides, f"out_dir={tmp_path / 'free'}", "empty_prompt_floor=false",
+                                                "phrasing=free"]))
+    assert free["phrasing"] == "free" and saved["phrasing"] == "templates"
+    assert [p["source_id"] for p in free["prompts"]] == [p["source_id"] for p in saved["prompts"]]  # the same rows
+    assert all(f["text"] != t["text"] for f, t in zip(free["prompts"], saved["prompts"]))  # worded otherwise
+    assert "(free phrasing)" in capsys.readouterr().out
 
 
 class _Blanking(torch.nn.Module):

@@ -127,11 +127,11 @@ def test_cli_reports_a_user_error_in_one_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_unknown_group_choice_names_the_options():
-    from hydra.errors import MissingConfigException
+def test_unknown_sampler_is_refused_before_the_checkpoint_loads():
+    from text_ldm.sampling.app import run
 
-    with pytest.raises(MissingConfigException, match="Available options"):
-        compose_config("sample", ["ckpt=x", "sampler=nope"])
+    with pytest.raises(ValueError, match="sampler='nope' is unknown; choose one of .*'flow_euler'"):
+        run(compose_config("sample", ["ckpt=/nonexistent.ckpt", "prompt=a face", "sampler=nope"]))
 
 
 def test_resume_from_an_incompatible_config_lists_the_keys(train_cfg, tmp_path):

@@ -132,3 +132,16 @@ def test_export_carries_the_flow_scheduler_and_gives_the_same_images(tmp_path, m
     ours = generate(model.unet, make_sampler("flow_euler", model.noise_scheduler.config), model.text_encoder,
                     model.autoencoder, [PROMPT, "a man"], [5, 6], model.latent_shape, steps=6, **kwargs)
     torch.testing.assert_close(exported, ours, atol=1e-5, rtol=0)
+
+
+def test_sample_py_at_its_defaults_uses_the_flow_checkpoints_sampling_and_refuses_ddim(tmp_path, ckpt, capsys):
+    from text_ldm.sampling.app import run
+
+    base = [f"ckpt={ckpt}", f"out_dir={tmp_path}", "num_images_per_prompt=1", f"prompt={PROMPT}"]
+    run(compose_config("sample", base))
+    assert "sampling: sampler=flow_euler (checkpoint), steps=3 (checkpoint), guidance_scale=5.0 (checkpoint)" \
+        in capsys.readouterr().out
+    run(compose_config("sample", base + ["sampler=flow_heun", "trajectory_every=1", "save_trajectory=true"]))
+    assert (tmp_path / "0000_00_trajectory.png").is_file()
+    with pytest.raises(ValueError, match="sampler='ddim' is not for this flow-matching model"):
+        run(compose_config("sample", base + ["sampler=ddim"]))

@@ -88,10 +88,33 @@ def test_img2img_cli_strength_zero_writes_the_reconstruction(tmp_path, ckpt, mod
 
 def test_cli_sampler_eta_reaches_the_sampler_and_the_metadata(tmp_path, ckpt):
     _cli(tmp_path / "eta0", ckpt, f"prompt={PROMPT}")
-    _cli(tmp_path / "eta1", ckpt, f"prompt={PROMPT}", "sampler.eta=1.0")
+    _cli(tmp_path / "eta1", ckpt, f"prompt={PROMPT}", "eta=1.0")
     assert (_png(tmp_path / "eta1" / "0000_00.png") - _png(tmp_path / "eta0" / "0000_00.png")).abs().max() > 2 / 255
-    records = [json.loads(line) for line in (tmp_path / "eta1" / "samples.jsonl").read_text().splitlines()]
-    assert records[0]["eta"] == 1.0
+    assert _records(tmp_path / "eta1")[0]["eta"] == 1.0
+    _cli(tmp_path / "euler", ckpt, f"prompt={PROMPT}", "sampler=euler_a")
+    assert "eta" not in _records(tmp_path / "euler")[0]  # a sampler without eta records none
+
+
+def test_img2img_records_the_steps_that_ran(tmp_path, ckpt, face):
+    _cli(tmp_path, ckpt, f"prompt={PROMPT}", f"init_image={face}", "strength=0.5", "steps=10")
+    record = _records(tmp_path)[0]
+    assert (record["steps"], record["schedule_steps"], record["strength"]) == (5, 10, 0.5)
+
+
+def test_defaults_come_from_the_checkpoint_and_are_printed(tmp_path, ckpt, capsys):
+    cfg = compose_config("sample", [f"ckpt={ckpt}", f"out_dir={tmp_path}", "num_images_per_prompt=1", f"prompt={PROMPT}"])
+    run(cfg)
+    assert "sampling: sampler=ddim (checkpoint), steps=3 (checkpoint), guidance_scale=3.0 (checkpoint)" \
+        in capsys.readouterr().out
+    assert {k: _records(tmp_path)[0][k] for k in ("sampler", "steps", "guidance_scale")} == \
+        {"sampler": "ddim", "steps": 3, "guidance_scale": 3.0}
+    run(compose_config("sample", [f"ckpt={ckpt}", f"out_dir={tmp_path}", "num_images_per_prompt=1",
+                                  f"prompt={PROMPT}", "sampler=dpmpp_2m", "guidance_scale=7"]))
+    assert "sampling: sampler=dpmpp_2m, steps=20 (sampler default), guidance_scale=7.0" in capsys.readouterr().out
+
+
+def _records(out_dir):
+    return [json.loads(line) for line in (out_dir / "samples.jsonl").read_text().splitlines()]
 
 
 # prompt mixing ------------------------------------------------------------------------------------

@@ -18,12 +18,13 @@ from text_ldm.evaluation.attribute_classifier import (FEATURE_NAME, ClassifierCo
                                                       get_classifier, load_images, predict)
 from text_ldm.evaluation.fidelity import accuracy_vs_targets, format_table, majority_floor, majority_values
 from text_ldm.evaluation.image_metrics import clip_score, fid_kid
-from text_ldm.evaluation.prompts import build_prompts
+from text_ldm.evaluation.prompts import PHRASINGS, build_prompts
 from text_ldm.evaluation.reconstruction import reconstruction_fidelity
 from text_ldm.models.components import DiffusionComponents
 from text_ldm.sampling.guidance import Guidance
 from text_ldm.sampling.pipeline import generate
-from text_ldm.sampling.schedulers import make_sampler
+from text_ldm.sampling.app import sampling_settings
+from text_ldm.sampling.schedulers import check_sampler_name, make_sampler, takes_eta
 from text_ldm.utils.atomic import atomic_save_png, atomic_write_text
 from text_ldm.utils.grid import to_pil
 
@@ -31,13 +32,15 @@ COLUMNS = {"ceiling": "ceiling (real test)", "prompt_rows": "real, prompts' rows
            "majority_floor": "majority floor"}
 
 
-def validate(cfg: DictConfig, steps: int) -> None:
-    problems = []
+def validate(cfg: DictConfig) -> None:
+    problems = check_sampler_name(cfg.get("sampler"))
     for key in ("n_prompts", "num_images_per_prompt", "batch_size", "image_size"):
         if int(cfg[key]) < 1:
             problems.append(f"{key}={cfg[key]} must be >= 1")
-    if steps < 1:
-        problems.append(f"steps={steps} must be >= 1")
+    if cfg.get("steps") is not None and int(cfg.steps) < 1:
+        problems.append(f"steps={cfg.steps} must be >= 1")
+    if cfg.get("phrasing", "templates") not in PHRASINGS:
+        problems.append(f"phrasing={cfg.phrasing} must be one of {list(PHRASINGS)}")
     problems += Guidance.cfg_problems(cfg)
     if problems:
         raise ValueError("; ".join(problems))
@@ -72,14 +75,14 @@ def _save_pngs(images: torch.Tensor, out_dir: Path, names: Sequence[str]) -> Non
 def evaluate(cfg: DictConfig) -> dict:
     """Run the whole evaluation; returns the metrics dict that is also written to metrics.json."""
     started = time.time()
-    steps = int(cfg.steps if cfg.get("steps") is not None else cfg.sampler.steps)
-    validate(cfg, steps)
-    k, size, seed, guidance = int(cfg.num_images_per_prompt), int(cfg.image_size), int(cfg.seed), Guidance.from_cfg(cfg)
+    validate(cfg)
+    k, size, seed = int(cfg.num_images_per_prompt), int(cfg.image_size), int(cfg.seed)
+    phrasing = str(cfg.get("phrasing", "templates"))
     layout = CelebALayout(Path(cfg.data_root))
     layout.check()
     names, rows = read_attributes(layout.attribute_path)
     train_ids, test_ids = layout.split_ids("train"), layout.split_ids("test")
-    prompts = build_prompts(names, rows, test_ids, int(cfg.n_prompts), seed)  # fails fast on a bad n_prompts
+    prompts = build_prompts(names, rows, test_ids, int(cfg.n_prompts), seed, phrasing)  # fails fast on a bad n_prompts
 
     clf_config = ClassifierConfig(**cfg.classifier)
     classifier, clf_path = get_classifier(layout.root, names, rows, train_ids, size, clf_config,
@@ -96,6 +99,10 @@ def evaluate(cfg: DictConfig) -> dict:
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model = DiffusionComponents.from_checkpoint(cfg.ckpt, use_ema=bool(cfg.use_ema),
                                                 vae_pretrained=cfg.get("vae_pretrained")).to(device)
+    settings = sampling_settings(cfg, model)
+    sampler, steps, guidance = settings["sampler"], settings["steps"], Guidance.from_cfg(cfg, settings["guidance_scale"])
+    eta = float(cfg.get("eta", 0.0))  # a sampler without eta refuses eta > 0 in its first step
+    has_eta = takes_eta(make_sampler(sampler, model.noise_scheduler.config))
     # The autoencoder bounds every sample: score its reconstructions of the same real test images.
     recon = reconstruction_fidelity(classifier, predict, model.autoencoder, real, [rows[i] for i in test_ids], names,
                                     image_size=model.image_size)
@@ -104,8 +111,7 @@ def evaluate(cfg: DictConfig) -> dict:
     seeds = [seed + j for j in range(len(texts))]
     files = [f"{p:04d}_{i:02d}.png" for p in range(len(prompts)) for i in range(k)]
     out_dir = Path(cfg.out_dir)
-    eta = float(cfg.sampler.get("eta", 0.0))
-    samples = sample_images(model, cfg.sampler.name, texts, seeds, steps, guidance, int(cfg.batch_size),
+    samples = sample_images(model, sampler, texts, seeds, steps, guidance, int(cfg.batch_size),
                            "prompted", eta)
     _save_pngs(samples, out_dir / "samples", files)
     fake = to_uint8(samples, size)
@@ -113,7 +119,7 @@ def evaluate(cfg: DictConfig) -> dict:
               "samples": accuracy_vs_targets(predict(classifier, fake), targets, names)}
     # The floor samples as many images again (a third of the run); sweeps that compare checkpoints skip it.
     if cfg.get("empty_prompt_floor", True):
-        empty = sample_images(model, cfg.sampler.name, [""] * len(texts), seeds, steps, guidance,
+        empty = sample_images(model, sampler, [""] * len(texts), seeds, steps, guidance,
                               int(cfg.batch_size), "empty prompt", eta)
         _save_pngs(empty, out_dir / "empty_prompt", files)
         scores["empty_prompt_floor"] = accuracy_vs_targets(predict(classifier, to_uint8(empty, size)), targets, names)
@@ -123,7 +129,7 @@ def evaluate(cfg: DictConfig) -> dict:
     clip_value, clip_reason = clip_score(to_uint8(samples, samples.shape[-1]), texts, str(cfg.clip_model))
 
     table = format_table(names, {COLUMNS[key]: col for key, col in scores.items()})
-    print(f"\nattribute accuracy (%), {len(prompts)} prompts x {k} images, {cfg.sampler.name} {steps} steps"
+    print(f"\nattribute accuracy (%), {len(prompts)} prompts x {k} images ({phrasing} phrasing), {sampler} {steps} steps"
           f"{f' eta {eta:g}' if eta else ''}, "
           f"guidance {guidance.describe()}, seed {seed}; '—' = no prompt states it\n{table}\n")
     print(f"autoencoder reconstruction gap (ceiling - reconstructions, mean accuracy): {recon['gap']['mean']:+.4f}")
@@ -133,7 +139,7 @@ def evaluate(cfg: DictConfig) -> dict:
     metrics = {
         "ckpt": str(cfg.ckpt), "vae_pretrained": cfg.get("vae_pretrained"), "data_root": str(layout.root),
         "image_size": size,
-        "n_prompts": len(prompts), "num_images_per_prompt": k, "sampler": str(cfg.sampler.name), "steps": steps, "eta": eta,
+        "n_prompts": len(prompts), "num_images_per_prompt": k, "phrasing": phrasing, "sampler": sampler, "steps": steps, "eta": eta if has_eta else None,
         **guidance.as_dict(), "seed": seed, "use_ema": bool(cfg.use_ema), "attributes": list(names),
         "attribute_accuracy": scores, "reconstruction_gap": recon["gap"],
         "classifier": {"path": str(clf_path), "config": dataclasses.asdict(clf_config), "num_train": len(train_ids),

@@ -15,7 +15,8 @@ from text_ldm.sampling.guidance import Guidance
 from text_ldm.sampling.img2img import encode_image
 from text_ldm.sampling.mixing import encode_prompts
 from text_ldm.sampling.pipeline import generate
-from text_ldm.sampling.schedulers import make_sampler
+from text_ldm.sampling.diffusers_pipeline import start_step
+from text_ldm.sampling.schedulers import check_sampler_name, make_sampler, resolve_sampling, takes_eta
 from text_ldm.sampling.trajectory import X0Recorder, forward_noise, write_strip_and_gif
 from text_ldm.utils.atomic import atomic_save_png, atomic_write_text
 from text_ldm.utils.grid import captioned_grid, to_pil
@@ -37,10 +38,11 @@ def read_prompts(cfg: DictConfig) -> list[str]:
     return prompts
 
 
-def validate(cfg: DictConfig, steps: int) -> None:
-    problems = []
-    if steps < 1:
-        problems.append(f"steps={steps} must be >= 1")
+def validate(cfg: DictConfig) -> None:
+    """Everything checkable before the checkpoint loads (null sampler / steps / guidance are its own)."""
+    problems = check_sampler_name(cfg.get("sampler"))
+    if cfg.get("steps") is not None and int(cfg.steps) < 1:
+        problems.append(f"steps={cfg.steps} must be >= 1")
     problems += Guidance.cfg_problems(cfg)
     if cfg.num_images_per_prompt < 1:
         problems.append(f"num_images_per_prompt={cfg.num_images_per_prompt} must be >= 1")
@@ -69,14 +71,23 @@ def _load_model(cfg: DictConfig, device: str) -> DiffusionComponents:
                                                vae_pretrained=cfg.get("vae_pretrained")).to(device)
 
 
+def sampling_settings(cfg: DictConfig, model: DiffusionComponents) -> dict:
+    """{"sampler", "steps", "guidance_scale"}: the command line's, else the checkpoint's; says which."""
+    settings, line = resolve_sampling(model.objective, model.sampling, cfg.get("sampler"), cfg.get("steps"),
+                                      cfg.get("guidance_scale"))
+    print(line)
+    return settings
+
+
 def run(cfg: DictConfig) -> Path:
     """Dispatch on what was asked: export_dir= -> the exported folder; mode=forward_noise -> its
     strip; otherwise sampling -> the grid."""
     if cfg.get("export_dir"):
         from text_ldm.sampling.export import export_pipeline
 
+        validate(cfg)
         model = _load_model(cfg, "cpu")
-        return export_pipeline(model, cfg.sampler.name, cfg.export_dir)
+        return export_pipeline(model, sampling_settings(cfg, model)["sampler"], cfg.export_dir)
     if cfg.get("mode", "sample") == "forward_noise":
         return forward_noise_strip(cfg)
     return sample(cfg)
@@ -87,7 +98,7 @@ def forward_noise_strip(cfg: DictConfig) -> Path:
     `forward_noise_timesteps` with the training schedule, decoded: forward_noise.png (+ .gif)."""
     if not cfg.get("init_image"):
         raise ValueError("mode=forward_noise needs init_image=PATH")
-    validate(cfg, 1)
+    validate(cfg)
     model = _load_model(cfg, _device(cfg))
     latents = encode_image(model.autoencoder, cfg.init_image, model.image_size)
     frames = forward_noise(model, latents, list(cfg.forward_noise_timesteps),
@@ -101,13 +112,17 @@ def sample(cfg: DictConfig) -> Path:
     """Write one PNG per image (`<prompt:04d>_<k:02d>.png`), samples.jsonl and grid.png to
     cfg.out_dir (plus `<name>_trajectory.png/.gif` with save_trajectory); returns the grid's path."""
     prompts = read_prompts(cfg)
-    steps = int(cfg.steps if cfg.get("steps") is not None else cfg.sampler.steps)
-    validate(cfg, steps)
+    validate(cfg)
     device = _device(cfg)
     precision = str(cfg.get("precision", "fp32"))
     init_image, strength = cfg.get("init_image"), float(cfg.get("strength", 1.0))
-    guidance = Guidance.from_cfg(cfg)
     model = _load_model(cfg, device)
+    settings = sampling_settings(cfg, model)
+    sampler_name, steps, eta = settings["sampler"], settings["steps"], float(cfg.get("eta", 0.0))
+    guidance = Guidance.from_cfg(cfg, scale=settings["guidance_scale"])
+    # What each record states: eta only where the sampler has one, img2img's steps as run.
+    stated = {"eta": eta} if takes_eta(make_sampler(sampler_name, model.noise_scheduler.config)) else {}
+    stated |= {"steps": steps - start_step(steps, strength), "schedule_steps": steps} if init_image else {"steps": steps}
     prec.apply(model, precision)
     init = encode_image(model.autoencoder, init_image, model.image_size) if init_image else None
     out_dir = Path(cfg.out_dir)
@@ -121,13 +136,13 @@ def sample(cfg: DictConfig) -> Path:
         seeds = [int(cfg.seed) + p * k + i for p, i in batch]
         texts = [prompts[p] for p, _ in batch]
         names = [f"{p:04d}_{i:02d}" for p, i in batch]
-        sampler = make_sampler(cfg.sampler.name, model.noise_scheduler.config)
+        sampler = make_sampler(sampler_name, model.noise_scheduler.config)
         recorder = X0Recorder(int(cfg.trajectory_every)) if cfg.get("save_trajectory") else None
         with prec.explained(precision, device):
             out = generate(model.unet, sampler, model.text_encoder, model.autoencoder, texts, seeds,
                            model.latent_shape, steps=steps, guidance_scale=guidance.scale,
                            guidance_rescale=guidance.rescale, guidance_interval=guidance.interval,
-                           eta=float(cfg.sampler.get("eta", 0.0)),
+                           eta=eta,
                            negative_prompt=str(cfg.negative_prompt),
                            prompt_embeds=encode_prompts(model.text_encoder, texts),
                            init_latents=None if init is None else init.repeat(len(batch), 1, 1, 1),
@@ -138,8 +153,8 @@ def sample(cfg: DictConfig) -> Path:
         for (p, i), name, seed, image in zip(batch, names, seeds, out):
             atomic_save_png(to_pil(image), out_dir / f"{name}.png")
             images.append(image)
-            records.append({"file": f"{name}.png", "prompt": prompts[p], "seed": seed, "sampler": cfg.sampler.name,
-                            "steps": steps, "eta": float(cfg.sampler.get("eta", 0.0)), **guidance.as_dict(),
+            records.append({"file": f"{name}.png", "prompt": prompts[p], "seed": seed, "sampler": sampler_name,
+                            **stated, **guidance.as_dict(),
                             "negative_prompt": str(cfg.negative_prompt), "precision": precision,
                             **({"init_image": str(init_image), "strength": strength} if init_image else {})})
     atomic_write_text(out_dir / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in records))

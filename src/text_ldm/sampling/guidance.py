@@ -32,9 +32,10 @@ class Guidance:
 
     @staticmethod
     def problems(scale: float, rescale: float, interval: Sequence[float] | None) -> list[str]:
-        """What is wrong with these settings, as messages that name the config keys (empty: fine)."""
+        """What is wrong with these settings, as messages that name the config keys (empty: fine; a
+        null scale is the checkpoint's, resolved later)."""
         found = []
-        if float(scale) < 0:
+        if scale is not None and float(scale) < 0:
             found.append(f"guidance_scale={scale} must be >= 0")
         if not 0.0 <= float(rescale) <= 1.0:
             found.append(f"guidance_rescale={rescale} must be in [0, 1]")
@@ -55,9 +56,11 @@ class Guidance:
         return cls.problems(*cls._cfg_values(cfg))
 
     @classmethod
-    def from_cfg(cls, cfg) -> "Guidance":
-        """From a sample.py / evaluate.py config: guidance_scale, guidance_rescale, guidance_interval."""
-        scale, rescale, interval = cls._cfg_values(cfg)
+    def from_cfg(cls, cfg, scale: float | None = None) -> "Guidance":
+        """From a sample.py / evaluate.py config: guidance_scale (or `scale`, the resolved one when the
+        config leaves it null), guidance_rescale, guidance_interval."""
+        given, rescale, interval = cls._cfg_values(cfg)
+        scale = given if scale is None else scale
         return cls(float(scale), float(rescale), None if interval is None else tuple(interval))
 
     @property

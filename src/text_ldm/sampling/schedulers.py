@@ -1,6 +1,7 @@
 """Samplers: diffusers schedulers built from the training noise scheduler's config, one family per objective."""
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -74,6 +75,15 @@ def recommended_sampling(objective: str, sampling: Mapping[str, Any] | None) -> 
     name = str(given.get("sampler", "flow_euler" if objective == "flow_matching" else "ddim"))
     return {"sampler": name, "steps": int(given.get("steps", default_steps(name))),
             "guidance_scale": float(given.get("guidance_scale", 3.0))}
+
+
+def check_sampler_name(name: str | None) -> list[str]:
+    """[] for null (the checkpoint's) or a known sampler, else the message naming the choices."""
+    return [] if name is None or name in SAMPLERS else [f"sampler={name!r} is unknown; choose one of {sorted(SAMPLERS)}"]
+
+
+def takes_eta(scheduler: SchedulerMixin) -> bool:
+    return "eta" in inspect.signature(scheduler.step).parameters
 
 
 def resolve_sampling(objective: str, recommended: Mapping[str, Any] | None, sampler: str | None = None,
