@@ -34,7 +34,7 @@ autoencoder: install
 	$(AE_TRAIN) $(AE_CONTINUE)
 
 # A killed demo resumes from its last checkpoint; a finished one only re-samples. DEMO_ARGS: extra
-# overrides, e.g. DEMO_ARGS=callbacks.time_budget.minutes=null trains all 24 epochs however long they take.
+# overrides, e.g. DEMO_ARGS=trainer.max_steps=2000 trains longer (with DEMO_MINUTES=25 to give it the time).
 DEMO_ARGS ?=
 # The demo's DEMO_MINUTES (whole minutes) start when make does: the install and the data come out of the
 # training's time, which ends DEMO_RESERVE_S early to leave the sampling its share (callbacks.time_budget.ends_by;

@@ -7,7 +7,7 @@ Each checkpoint is scored by evaluate.py at its own recommended sampling (mean a
 training minutes at the run's mean step rate, at which the mean reaches 0.90 and 0.95, and the last checkpoint's
 scores, also with the same prompts reworded (`evaluate.py phrasing=free`).
 
-    python bench/time_to_fidelity.py [--candidates seed demo flow] [--seeds 0 1] [--steps 1250] [--every 250]
+    python bench/time_to_fidelity.py [--candidates seed epsilon flow] [--seeds 0 1] [--steps 1250] [--every 250]
                                      [--eval-from 750] [--n-prompts 100]
 
 `--eval-from` skips scoring the checkpoints before that step (on 2 CPU cores one score of 100 prompts takes
@@ -15,8 +15,8 @@ minutes); a threshold already met at the first scored step then reads "<=step".
 
 Candidates (overrides on top of experiment=demo):
   seed: the seed exercise's recipe: epsilon, uniform timesteps, constant lr 1e-3, no balancing, no EMA
-  demo: the shipped `make demo` recipe
-  flow: flow matching with the demo's extras (logit-normal timesteps, warmup + cosine, balancing, EMA)
+  epsilon: the demo's extras (logit-normal timesteps, warmup + cosine, balancing, EMA) with epsilon prediction
+  flow: the shipped `make demo` recipe: those extras with flow matching
 """
 from __future__ import annotations
 
@@ -31,10 +31,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CANDIDATES = {
     "seed": ["model.timestep_sampling.kind=uniform", "model/lr_scheduler=constant", "model.lr_scheduler.num_warmup_steps=0",
-             "model.optimizer.lr=1e-3",
+             "model.optimizer.lr=1e-3", "model.objective=epsilon",
              "data.balance_attributes=[]", "data.caption_length_power=0", "callbacks.ema=null"],
-    "demo": [],
-    "flow": ["model.objective=flow_matching"],
+    "epsilon": ["model.objective=epsilon"],
+    "flow": [],
 }
 THRESHOLDS = (0.90, 0.95)
 
