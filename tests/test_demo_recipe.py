@@ -62,3 +62,14 @@ def test_pooled_text_alone_makes_the_prediction_depend_on_the_prompt(tmp_path):
             a = unet(x, t, encoder_hidden_states=ctx_a).sample
             b = unet(x, t, encoder_hidden_states=ctx_b).sample
         assert torch.allclose(a, b) is not pooled, f"pooled={pooled}"
+
+
+def test_demo_trainer_and_time_budget_agree(tmp_path):
+    """The demo's trainer settings are ones its time budget accepts: it plans in epochs, the step count ends the run."""
+    import lightning as L
+
+    cfg = compose_config("train", ["experiment=demo", f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}", "trainer.devices=1",
+                                   "trainer.strategy=auto", "logger=none"])
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    budget = instantiate(cfg.callbacks.time_budget)
+    budget.setup(trainer, L.LightningModule(), "fit")  # raises for a recipe it cannot plan
