@@ -65,3 +65,47 @@ def test_a_bad_ckpt_path_is_one_line(tmp_path, toy_root, tiny_vq_dir, kind):
     error = _one_line_error(_train(tmp_path, toy_root, tiny_vq_dir, "run", f"ckpt_path={bad}"))
     assert str(bad) in error
     assert ("is a directory" if kind == "directory" else "is not a loadable checkpoint") in error
+
+
+def _fake_run(run_dir, mtime: int, mode: str = "RUN", debug: str | None = None):
+    """A run folder as Hydra leaves it: checkpoints/last.ckpt and .hydra/hydra.yaml with the run's mode and choices."""
+    import yaml
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    torch.save({"state_dict": {}, "hyper_parameters": {}}, last)
+    os.utime(last, (mtime, mtime))
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "hydra.yaml").write_text(
+        yaml.safe_dump({"hydra": {"mode": mode, "runtime": {"choices": {"debug": debug}}}}))
+    return last
+
+
+def test_ckpt_path_last_is_this_run_folder_else_the_task_newest_single_run(tmp_path, caplog):
+    from text_ldm.training import resolve_ckpt_path
+
+    task = tmp_path / "logs" / "train"
+    cfg = compose_config("train", [f"paths.root_dir={tmp_path}", f"paths.output_dir={task / 'runs' / 'new'}",
+                                   "ckpt_path=last"])
+    with pytest.raises(FileNotFoundError, match="no checkpoints/last.ckpt in .* nor in a run of train"):
+        resolve_ckpt_path(cfg)
+    older = _fake_run(task / "runs" / "a", 1000)
+    newer = _fake_run(task / "runs" / "b", 2000)
+    _fake_run(task / "multiruns" / "t" / "0", 5000)  # a sweep job
+    _fake_run(task / "runs" / "swept", 4000, mode="MULTIRUN")  # a sweep job with a custom hydra.sweep.dir
+    _fake_run(task / "runs" / "smoke", 3000, debug="profile")
+    with caplog.at_level("INFO"):
+        assert resolve_ckpt_path(cfg) == str(newer)
+    assert f"resuming the newest run of train, {newer}" in caplog.text
+
+    cfg.paths.output_dir = str(task / "runs" / "a")  # resuming in a run folder that has its own last.ckpt
+    with caplog.at_level("INFO"):
+        assert resolve_ckpt_path(cfg) == str(older)
+    assert f"this run folder's {older}" in caplog.text
+
+
+def test_debug_fast_writes_no_checkpoint(tmp_path, toy_root, tiny_vq_dir):
+    from text_ldm.training import train
+
+    train(compose_config("train", [*tiny_train_overrides(tmp_path, toy_root, tiny_vq_dir), "debug=fast"]))
+    assert not list(tmp_path.rglob("*.ckpt"))
