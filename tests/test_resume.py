@@ -102,23 +102,3 @@ def test_sigkill_during_checkpoint_save_keeps_the_previous_last_ckpt(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     checkpoint = load_checkpoint(target)
     assert checkpoint["global_step"] == 1 and torch.equal(checkpoint["state_dict"]["w"], torch.zeros(4))
-
-
-def test_ckpt_path_last_finds_the_newest_last_ckpt_of_the_task(tmp_path):
-    from conftest import compose_config
-    from text_ldm.training import resolve_ckpt_path
-
-    cfg = compose_config("train", [f"paths.root_dir={tmp_path}", "paths.output_dir=unused", "ckpt_path=last"])
-    with pytest.raises(FileNotFoundError, match="no checkpoints/last.ckpt under"):
-        resolve_ckpt_path(cfg)
-    paths = []
-    for run, mtime in [("runs/a", 1000), ("multiruns/b/1", 3000), ("runs/c", 2000)]:
-        path = tmp_path / "logs" / "train" / run / "checkpoints" / "last.ckpt"
-        path.parent.mkdir(parents=True)
-        path.write_bytes(b"x")
-        os.utime(path, (mtime, mtime))
-        paths.append(path)
-    assert resolve_ckpt_path(cfg) == str(paths[1])  # the newest, a multirun job's
-    cfg.ckpt_path = str(tmp_path / "nope.ckpt")
-    with pytest.raises(FileNotFoundError, match="nope.ckpt does not exist"):
-        resolve_ckpt_path(cfg)

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
-from text_ldm.utils.checkpoint_io import AtomicCheckpointIO
+from text_ldm.utils.checkpoint_io import AtomicCheckpointIO, load_checkpoint
 from text_ldm.utils.instantiate import instantiate_callbacks, instantiate_loggers, without_logger_only_callbacks
 
 
@@ -36,27 +37,68 @@ def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
     return {"params/trainable": trainable, "params/frozen": total - trainable}
 
 
-def resolve_ckpt_path(cfg: DictConfig) -> str | None:
-    """`ckpt_path=last`: the newest `last.ckpt` under this task's log directory (every run of
-    `task_name`, single or multirun), since each new run writes into a fresh directory where
-    Lightning's own "last" would find nothing. A path is checked and returned as is."""
-    ckpt = cfg.get("ckpt_path")
-    if ckpt in (None, "best"):
-        return ckpt
-    if ckpt != "last":
-        if not os.path.isfile(ckpt):
-            raise FileNotFoundError(f"ckpt_path={ckpt} does not exist; give a last.ckpt path or ckpt_path=last")
-        return ckpt
+def run_last_ckpt(cfg: DictConfig) -> Path:
+    """Where this run writes its last.ckpt (ModelCheckpoint's folder, else the interrupt checkpoint's)."""
+    dirpath = (OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath")
+               or OmegaConf.select(cfg, "callbacks.interrupt_checkpoint.dirpath")
+               or Path(cfg.paths.output_dir) / "checkpoints")
+    return Path(dirpath) / "last.ckpt"
+
+
+def _is_plain_run(run_dir: Path, root: Path) -> bool:
+    """Whether a run folder is a single, non-debug run: "last" must not pick up a sweep job or a smoke test."""
+    if "multiruns" in run_dir.relative_to(root).parts:
+        return False
+    meta = run_dir / ".hydra" / "hydra.yaml"
+    if not meta.is_file():
+        return True
+    hydra_cfg = (yaml.safe_load(meta.read_text()) or {}).get("hydra", {})
+    return hydra_cfg.get("mode") != "MULTIRUN" and not (hydra_cfg.get("runtime", {}).get("choices", {}).get("debug"))
+
+
+def _find_last(cfg: DictConfig) -> Path:
+    """`ckpt_path=last`: this run folder's last.ckpt, else the newest of this task's single non-debug runs."""
+    own = run_last_ckpt(cfg)
+    if own.is_file():
+        rank_zero_info(f"ckpt_path=last: resuming this run folder's {own}")
+        return own
     root = Path(cfg.paths.log_dir) / cfg.task_name
-    candidates = sorted(root.rglob("checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    candidates = sorted((p for p in root.rglob("checkpoints/last.ckpt") if _is_plain_run(p.parent.parent, root)),
+                        key=lambda p: p.stat().st_mtime)
     if not candidates:
-        raise FileNotFoundError(f"ckpt_path=last: no checkpoints/last.ckpt under {root}; train first or give a path")
-    rank_zero_info(f"resuming from {candidates[-1]}")
-    return str(candidates[-1])
+        raise FileNotFoundError(f"ckpt_path=last: no checkpoints/last.ckpt in {own.parent} nor in a run of "
+                                f"{cfg.task_name} under {root} (multirun and debug runs do not count); "
+                                "train first or give a path")
+    rank_zero_info(f"ckpt_path=last: resuming the newest run of {cfg.task_name}, {candidates[-1]}")
+    return candidates[-1]
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """The checkpoint to resume from, checked before anything is built. A run resumes only when `ckpt_path`
+    says so; a fresh one refuses a folder that already holds a last.ckpt, which it would overwrite."""
+    ckpt = cfg.get("ckpt_path")
+    if ckpt is None:
+        own = run_last_ckpt(cfg)
+        if own.is_file() and not cfg.trainer.get("fast_dev_run"):
+            raise ValueError(f"{own.parent.parent} already holds {own}: resume with ckpt_path={own}, "
+                             "or choose another hydra.run.dir")
+        return None
+    if ckpt == "best":
+        return ckpt
+    path = _find_last(cfg) if ckpt == "last" else Path(ckpt)
+    if path.is_dir():
+        inside = next((p for p in (path / "checkpoints" / "last.ckpt", path / "last.ckpt") if p.is_file()), None)
+        raise ValueError(f"ckpt_path={ckpt} is a directory; give a checkpoint file"
+                         + (f", e.g. ckpt_path={inside}" if inside else " (a run's checkpoints/last.ckpt)"))
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt} does not exist; give a last.ckpt path or ckpt_path=last")
+    load_checkpoint(path, mmap=True)  # a corrupt or foreign file: one line now, not a traceback from the trainer
+    return str(path)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit cfg.model on cfg.data. Returns the final callback metrics as floats."""
+    ckpt_path = resolve_ckpt_path(cfg)
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
     if cfg.get("seed") is not None:
@@ -78,7 +120,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         for logger in trainer.loggers:
             logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), **counts})
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     finally:
         _finish_loggers(trainer)
     best = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""

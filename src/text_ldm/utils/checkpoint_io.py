@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """torch.load with weights_only=True; a clear error when `path` is missing or not a checkpoint."""
+def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, Any]:
+    """torch.load with weights_only=True; a clear error when `path` is missing or not a checkpoint.
+    `mmap=True` reads the structure without the tensors' bytes: a cheap check of a multi-GB file."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if mmap and not zipfile.is_zipfile(path):  # torch's own message for this case speaks of save options
+        raise ValueError(f"{path} is not a loadable checkpoint: not a torch.save archive (truncated, corrupt, "
+                         "or another kind of file)")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises several types for non-checkpoint files
         raise ValueError(f"{path} is not a loadable checkpoint ({type(err).__name__}: {err})") from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
