@@ -13,6 +13,9 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
 @report_errors
 def main(cfg: DictConfig) -> None:
+    from text_ldm.sampling.checks import check
+
+    check(cfg)  # before torch and diffusers load: a bad argument is refused in a moment
     from text_ldm.sampling.app import run
 
     label = "export" if cfg.get("export_dir") else ("forward-noise strip" if cfg.mode == "forward_noise" else "grid")
