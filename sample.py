@@ -1,13 +1,16 @@
 """Generate images from a trained checkpoint: `python sample.py ckpt=PATH prompt="..."` (see README)."""
 import os
+import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from text_ldm.utils.cli import report_errors
+from text_ldm.utils.cli import quote_free_text, report_errors
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
+# Keys whose values are whatever a person types: Hydra must not read their commas or quotes as syntax.
+FREE_TEXT = ("prompt", "negative_prompt")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
@@ -23,4 +26,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = quote_free_text(sys.argv[1:], FREE_TEXT)
     main()

@@ -7,6 +7,7 @@ import errno
 import functools
 import math
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Iterable
@@ -76,6 +77,44 @@ def report_errors(main: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(1)
 
     return wrapper
+
+
+# Free text on the command line -----------------------------------------------------------------------
+
+def hydra_quoted(text: str) -> str:
+    """`text` as a single-quoted Hydra override value whose composed config value is `text` again.
+    Inside quotes Hydra unescapes only backslashes before a quote or the end, and OmegaConf then reads
+    `${` as an interpolation and `\\${` as literal text: a run of backslashes before either doubles."""
+    text = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", text)
+    text = re.sub(r"(\\*)('|\Z)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), text)
+    return f"'{text}'"
+
+
+def _already_quoted(key: str, value: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    if len(value) < 2 or value[0] not in "'\"" or value[-1] != value[0]:
+        return False
+    try:
+        return isinstance(OverridesParser.create().parse_override(f"{key}={value}").value(), str)
+    except HydraException:  # not one quoted string
+        return False
+
+
+def quote_free_text(argv: list[str], keys: Iterable[str]) -> list[str]:
+    """Rewrite `key=<any text>` (also `+key=`, `++key=`) for each of `keys` into a quoted override, so
+    that commas, apostrophes, colons, brackets, `=` or `${` in a prompt stay text instead of becoming
+    Hydra syntax (a sweep, a lexer error, an interpolation). Left as they are: `null`, and a value
+    already wholly quoted for Hydra (`'prompt="a, b"'`, as command lines written for Hydra do)."""
+    pattern = re.compile(rf"^(\+{{0,2}})({'|'.join(map(re.escape, keys))})=(.*)\Z", re.DOTALL)
+    out = []
+    for arg in argv:
+        match = pattern.match(arg)
+        if match and match.group(3) != "null" and not _already_quoted(match.group(2), match.group(3)):
+            arg = f"{match.group(1)}{match.group(2)}={hydra_quoted(match.group(3))}"
+        out.append(arg)
+    return out
 
 
 # Checks of a composed config ------------------------------------------------------------------------
