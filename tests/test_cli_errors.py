@@ -1,5 +1,6 @@
 """sample.py and evaluate.py refuse bad arguments in one `error:` line that names the key or path,
-exit 1 and print no traceback (real subprocesses, as a person would run them)."""
+exit 1 and print no traceback (real subprocesses, as a person would run them), and refuse what a
+config check can tell before torch is imported."""
 from __future__ import annotations
 
 import os
@@ -11,22 +12,31 @@ import pytest
 from conftest import ROOT
 
 ZIP_MAGIC = b"PK\x03\x04"  # what torch.save writes first; enough for the checks that run before loading
+TORCH_MARK = "torch imported at exit: "
+# Runs the script as `python script args` would, then says on stderr whether torch was ever imported.
+WRAPPER = f"""import atexit, runpy, sys
+atexit.register(lambda: print({TORCH_MARK!r} + str('torch' in sys.modules), file=sys.stderr))
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
 
 
 def run_cli(script: str, *args: str, cwd=ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run([sys.executable, "-c", WRAPPER, str(ROOT / script), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
 
 
-def assert_one_error_line(result: subprocess.CompletedProcess, *named: str) -> str:
+def assert_one_error_line(result: subprocess.CompletedProcess, *named: str, before_torch: bool = True) -> str:
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 1, result.stderr[-3000:]
     assert len(errors) == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     for text in named:
         assert text in errors[0], errors[0]
+    if before_torch:
+        assert f"{TORCH_MARK}False" in result.stderr, result.stderr[-3000:]
     return errors[0]
 
 
@@ -47,6 +57,9 @@ def files(tmp_path):
 
 SAMPLE_CASES = {
     "missing ckpt": (["prompt=a face"], ["ckpt=PATH is required", "last.ckpt"]),
+    "no prompt": (["ckpt={fake}"], ['prompt="..." or prompts_file=FILE']),
+    "unknown sampler": (["ckpt={fake}", "prompt=a face", "sampler=dpm"], ["sampler='dpm' is unknown", "'dpmpp_2m'"]),
+    "ckpt missing": (["ckpt={tmp}/none.ckpt", "prompt=a face"], ["ckpt={tmp}/none.ckpt does not exist"]),
     "guidance not a number": (["ckpt={fake}", "prompt=a face", "guidance_scale=abc"],
                               ["guidance_scale=abc must be a number"]),
     "steps not an integer": (["ckpt={fake}", "prompt=a face", "steps=many"], ["steps=many must be an integer"]),
@@ -58,6 +71,7 @@ SAMPLE_CASES = {
                                 ["init_image={text} is not a readable image"]),
     "prompts_file a directory": (["ckpt={fake}", "prompts_file={folder}"], ["prompts_file={folder} is a directory"]),
     "export_dir a file": (["ckpt={fake}", "export_dir={text}"], ["export_dir={text} is a file"]),
+    "export_dir taken": (["ckpt={fake}", "export_dir={run}"], ["export_dir={run} already exists", "overwrite=true"]),
     "out_dir under a file": (["ckpt={fake}", "prompt=a face", "out_dir={text}/out"], ["out_dir={text}/out", "is a file"]),
 }
 
@@ -72,7 +86,7 @@ def test_sample_py_bad_input_is_one_line(files, case):
 def test_a_zip_that_is_not_a_checkpoint_is_one_line(files):
     """Past the cheap check, torch.load's multi-line complaint becomes the first line of one error."""
     result = run_cli("sample.py", f"ckpt={files['fake']}", "prompt=a face", f"hydra.run.dir={files['tmp'] / 'h'}")
-    assert_one_error_line(result, f"{files['fake']} is not a text_ldm training checkpoint (")
+    assert_one_error_line(result, f"{files['fake']} is not a text_ldm training checkpoint (", before_torch=False)
 
 
 EVALUATE_CASES = {

@@ -45,3 +45,17 @@ def test_prompts_file_lines_and_hydra_quoted_prompts_are_verbatim(tmp_path, ckpt
     # The quoting command lines written for Hydra already use keeps working.
     records, _ = _sample(tmp_path / "quoted", ckpt, 'prompt="This {man|woman:0.3} has blond hair."')
     assert records[0]["prompt"] == "This {man|woman:0.3} has blond hair."
+
+
+def test_export_refuses_an_existing_folder_unless_overwrite(tmp_path, ckpt):
+    from text_ldm.sampling.app import run
+
+    target = tmp_path / "pipe"
+    overrides = [f"ckpt={ckpt}", f"export_dir={target}", f"out_dir={tmp_path / 'out'}"]
+    run(compose_config("sample", overrides))
+    (target / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=f"export_dir={target} already exists and is not empty; add overwrite=true"):
+        run(compose_config("sample", overrides))
+    assert (target / "notes.txt").is_file()
+    run(compose_config("sample", [*overrides, "overwrite=true"]))
+    assert not (target / "notes.txt").exists() and (target / "model_index.json").is_file()

@@ -61,7 +61,8 @@ def run(cfg: DictConfig) -> Path:
         from text_ldm.sampling.export import export_pipeline
 
         model = _load_model(cfg, "cpu")
-        return export_pipeline(model, sampling_settings(cfg, model)["sampler"], cfg.export_dir)
+        return export_pipeline(model, sampling_settings(cfg, model)["sampler"], cfg.export_dir,
+                               overwrite=bool(cfg.get("overwrite", False)))
     if cfg.get("mode", "sample") == "forward_noise":
         return forward_noise_strip(cfg)
     return sample(cfg, prompts)

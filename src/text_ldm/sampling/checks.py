@@ -17,7 +17,7 @@ MODES = ("sample", "forward_noise")
 CKPT_HELP = "a training checkpoint, e.g. outputs/demo/checkpoints/last.ckpt"
 INTS = ("num_images_per_prompt", "seed", "steps", "batch_size", "trajectory_every")
 NUMBERS = ("guidance_scale", "guidance_rescale", "eta", "strength")
-BOOLS = ("use_ema", "save_trajectory")
+BOOLS = ("use_ema", "save_trajectory", "overwrite")
 NULLABLE = ("steps", "guidance_scale")
 
 
@@ -104,10 +104,13 @@ def check_vae_pretrained(path) -> None:
         raise FileNotFoundError(f"vae_pretrained={path} does not exist")
 
 
-def check_export_dir(cfg: DictConfig) -> None:
-    path = Path(cfg.export_dir)
+def check_export_dir(path, overwrite: bool = False) -> None:
+    """ValueError when `path` is a file, a non-empty directory without `overwrite`, or not writable."""
+    path = Path(path)
     if path.is_file():
         raise ValueError(f"export_dir={path} is a file; give a directory for the exported pipeline")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise ValueError(f"export_dir={path} already exists and is not empty; add overwrite=true to replace it")
     check_output_dir("export_dir", path)
 
 
@@ -125,7 +128,7 @@ def check(cfg: DictConfig) -> list[str]:
     check_checkpoint_file(cfg.ckpt, "ckpt")
     check_vae_pretrained(cfg.get("vae_pretrained"))
     if export:
-        check_export_dir(cfg)
+        check_export_dir(cfg.export_dir, cfg.get("overwrite", False))
     else:
         check_output_dir("out_dir", cfg.out_dir)
     return prompts
