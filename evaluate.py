@@ -13,6 +13,9 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 @report_errors
 def main(cfg: DictConfig) -> None:
+    from text_ldm.evaluation.checks import check
+
+    check(cfg)  # before torch and the dataset load: a bad argument is refused in a moment
     from text_ldm.evaluation.app import evaluate
 
     evaluate(cfg)

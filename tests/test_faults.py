@@ -123,7 +123,7 @@ def test_cli_reports_a_user_error_in_one_line(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "sample.py"), f"ckpt={missing}", "prompt=a face",
                              f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
-    assert f"error: checkpoint {missing} does not exist" in result.stderr
+    assert f"error: ckpt={missing} does not exist" in result.stderr
     assert "Traceback" not in result.stderr
 
 

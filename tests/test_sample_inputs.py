@@ -46,12 +46,12 @@ def test_missing_or_invalid_checkpoint_is_named(tmp_path):
         sample(_cfg(tmp_path, f"ckpt={missing}", "prompt=a face"))
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="junk.ckpt is not a loadable checkpoint"):
+    with pytest.raises(ValueError, match="junk.ckpt is not a text_ldm training checkpoint"):
         sample(_cfg(tmp_path, f"ckpt={junk}", "prompt=a face"))
 
 
 def test_missing_init_image_is_named(tmp_path):
     missing = tmp_path / "face.png"
-    with pytest.raises(FileNotFoundError, match=f"init_image {missing} does not exist"):
+    with pytest.raises(FileNotFoundError, match=f"init_image={missing} does not exist"):
         sample(_cfg(tmp_path, "ckpt=unused.ckpt", "prompt=a face", f"init_image={missing}"))
     assert not (tmp_path / "out").exists()

@@ -14,36 +14,23 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from text_ldm.data.celeba_layout import CelebALayout, read_attributes
+from text_ldm.evaluation import checks
 from text_ldm.evaluation.attribute_classifier import (FEATURE_NAME, ClassifierConfig, ClassifierFeatures,
                                                       get_classifier, load_images, predict)
 from text_ldm.evaluation.fidelity import accuracy_vs_targets, format_table, majority_floor, majority_values
 from text_ldm.evaluation.image_metrics import clip_score, fid_kid
-from text_ldm.evaluation.prompts import PHRASINGS, build_prompts
+from text_ldm.evaluation.prompts import build_prompts
 from text_ldm.evaluation.reconstruction import reconstruction_fidelity
 from text_ldm.models.components import DiffusionComponents
 from text_ldm.sampling.guidance import Guidance
 from text_ldm.sampling.pipeline import generate
-from text_ldm.sampling.app import sampling_settings
-from text_ldm.sampling.schedulers import check_sampler_name, make_sampler, takes_eta
+from text_ldm.sampling.app import pick_device, sampling_settings
+from text_ldm.sampling.schedulers import make_sampler, takes_eta
 from text_ldm.utils.atomic import atomic_save_png, atomic_write_text
 from text_ldm.utils.grid import to_pil
 
 COLUMNS = {"ceiling": "ceiling (real test)", "prompt_rows": "real, prompts' rows", "reconstructions": "AE reconstructions", "samples": "samples", "empty_prompt_floor": "empty-prompt floor",
            "majority_floor": "majority floor"}
-
-
-def validate(cfg: DictConfig) -> None:
-    problems = check_sampler_name(cfg.get("sampler"))
-    for key in ("n_prompts", "num_images_per_prompt", "batch_size", "image_size"):
-        if int(cfg[key]) < 1:
-            problems.append(f"{key}={cfg[key]} must be >= 1")
-    if cfg.get("steps") is not None and int(cfg.steps) < 1:
-        problems.append(f"steps={cfg.steps} must be >= 1")
-    if cfg.get("phrasing", "templates") not in PHRASINGS:
-        problems.append(f"phrasing={cfg.phrasing} must be one of {list(PHRASINGS)}")
-    problems += Guidance.cfg_problems(cfg)
-    if problems:
-        raise ValueError("; ".join(problems))
 
 
 def sample_images(model: DiffusionComponents, sampler_name: str, texts: Sequence[str], seeds: Sequence[int], steps: int,
@@ -75,11 +62,11 @@ def _save_pngs(images: torch.Tensor, out_dir: Path, names: Sequence[str]) -> Non
 def evaluate(cfg: DictConfig) -> dict:
     """Run the whole evaluation; returns the metrics dict that is also written to metrics.json."""
     started = time.time()
-    validate(cfg)
+    checks.check(cfg)
+    device = pick_device(cfg.device)
     k, size, seed = int(cfg.num_images_per_prompt), int(cfg.image_size), int(cfg.seed)
     phrasing = str(cfg.get("phrasing", "templates"))
-    layout = CelebALayout(Path(cfg.data_root))
-    layout.check()
+    layout = CelebALayout(checks.check_data_root(cfg.data_root))
     names, rows = read_attributes(layout.attribute_path)
     train_ids, test_ids = layout.split_ids("train"), layout.split_ids("test")
     prompts = build_prompts(names, rows, test_ids, int(cfg.n_prompts), seed, phrasing)  # fails fast on a bad n_prompts
@@ -96,7 +83,6 @@ def evaluate(cfg: DictConfig) -> dict:
     prompt_rows = accuracy_vs_targets(real_predictions[[row_of[p.source_id] for p in prompts]],
                                       [p.targets for p in prompts], names)
 
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model = DiffusionComponents.from_checkpoint(cfg.ckpt, use_ema=bool(cfg.use_ema),
                                                 vae_pretrained=cfg.get("vae_pretrained")).to(device)
     settings = sampling_settings(cfg, model)

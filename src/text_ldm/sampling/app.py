@@ -10,60 +10,34 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from text_ldm.models.components import DiffusionComponents
+from text_ldm.sampling import checks
 from text_ldm.sampling import precision as prec
 from text_ldm.sampling.guidance import Guidance
 from text_ldm.sampling.img2img import encode_image
 from text_ldm.sampling.mixing import encode_prompts
 from text_ldm.sampling.pipeline import generate
 from text_ldm.sampling.diffusers_pipeline import start_step
-from text_ldm.sampling.schedulers import check_sampler_name, make_sampler, resolve_sampling, takes_eta
+from text_ldm.sampling.schedulers import make_sampler, resolve_sampling, takes_eta
 from text_ldm.sampling.trajectory import X0Recorder, forward_noise, write_strip_and_gif
 from text_ldm.utils.atomic import atomic_save_png, atomic_write_text
 from text_ldm.utils.grid import captioned_grid, to_pil
 
-MODES = ("sample", "forward_noise")
-
-
-def read_prompts(cfg: DictConfig) -> list[str]:
-    if (cfg.get("prompt") is None) == (cfg.get("prompts_file") is None):
-        raise ValueError('give exactly one of prompt="..." or prompts_file=FILE')
-    if cfg.get("prompt") is not None:
-        return [str(cfg.prompt)]
-    path = Path(cfg.prompts_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompts_file {path} does not exist")
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError(f"prompts_file {path} holds no prompts (one per line)")
-    return prompts
-
-
-def validate(cfg: DictConfig) -> None:
-    """Everything checkable before the checkpoint loads (null sampler / steps / guidance are its own)."""
-    problems = check_sampler_name(cfg.get("sampler"))
-    if cfg.get("steps") is not None and int(cfg.steps) < 1:
-        problems.append(f"steps={cfg.steps} must be >= 1")
-    problems += Guidance.cfg_problems(cfg)
-    if cfg.num_images_per_prompt < 1:
-        problems.append(f"num_images_per_prompt={cfg.num_images_per_prompt} must be >= 1")
-    if cfg.batch_size < 1:
-        problems.append(f"batch_size={cfg.batch_size} must be >= 1")
-    if not 0 <= float(cfg.get("strength", 1.0)) <= 1:
-        problems.append(f"strength={cfg.strength} must be in [0, 1]")
-    if int(cfg.get("trajectory_every", 1)) < 1:
-        problems.append(f"trajectory_every={cfg.trajectory_every} must be >= 1")
-    if cfg.get("mode", "sample") not in MODES:
-        problems.append(f"mode={cfg.mode} must be one of {list(MODES)}")
-    if cfg.get("precision", "fp32") not in prec.DTYPES:
-        problems.append(f"precision={cfg.precision} must be one of {sorted(prec.DTYPES)}")
-    if problems:
-        raise ValueError("; ".join(problems))
-    if cfg.get("init_image") and not Path(cfg.init_image).is_file():
-        raise FileNotFoundError(f"init_image {cfg.init_image} does not exist")
-
 
 def _device(cfg: DictConfig) -> str:
-    return cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    return pick_device(cfg.device)
+
+
+def pick_device(name: str) -> str:
+    """`device=auto` -> cuda when there is one, else cpu; a named device must parse and, for cuda, exist."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device={name} is not a device (auto, cpu, cuda, cuda:1, ...)") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name}, but torch sees no CUDA device here; use device=auto or device=cpu")
+    return str(device)
 
 
 def _load_model(cfg: DictConfig, device: str) -> DiffusionComponents:
@@ -82,23 +56,21 @@ def sampling_settings(cfg: DictConfig, model: DiffusionComponents) -> dict:
 def run(cfg: DictConfig) -> Path:
     """Dispatch on what was asked: export_dir= -> the exported folder; mode=forward_noise -> its
     strip; otherwise sampling -> the grid."""
+    prompts = checks.check(cfg)
     if cfg.get("export_dir"):
         from text_ldm.sampling.export import export_pipeline
 
-        validate(cfg)
         model = _load_model(cfg, "cpu")
-        return export_pipeline(model, sampling_settings(cfg, model)["sampler"], cfg.export_dir)
+        return export_pipeline(model, sampling_settings(cfg, model)["sampler"], cfg.export_dir,
+                               overwrite=bool(cfg.get("overwrite", False)))
     if cfg.get("mode", "sample") == "forward_noise":
         return forward_noise_strip(cfg)
-    return sample(cfg)
+    return sample(cfg, prompts)
 
 
 def forward_noise_strip(cfg: DictConfig) -> Path:
     """`mode=forward_noise init_image=PATH`: the image encoded, noised to each of
     `forward_noise_timesteps` with the training schedule, decoded: forward_noise.png (+ .gif)."""
-    if not cfg.get("init_image"):
-        raise ValueError("mode=forward_noise needs init_image=PATH")
-    validate(cfg)
     model = _load_model(cfg, _device(cfg))
     latents = encode_image(model.autoencoder, cfg.init_image, model.image_size)
     frames = forward_noise(model, latents, list(cfg.forward_noise_timesteps),
@@ -108,11 +80,11 @@ def forward_noise_strip(cfg: DictConfig) -> Path:
     return write_strip_and_gif(frames, out_dir, ["forward_noise"], [f"q(x_t | x_0) of {Path(cfg.init_image).name}"])[0]
 
 
-def sample(cfg: DictConfig) -> Path:
+def sample(cfg: DictConfig, prompts: list[str] | None = None) -> Path:
     """Write one PNG per image (`<prompt:04d>_<k:02d>.png`), samples.jsonl and grid.png to
-    cfg.out_dir (plus `<name>_trajectory.png/.gif` with save_trajectory); returns the grid's path."""
-    prompts = read_prompts(cfg)
-    validate(cfg)
+    cfg.out_dir (plus `<name>_trajectory.png/.gif` with save_trajectory); returns the grid's path.
+    `prompts`: those `checks.check(cfg)` returned (checked here when not given)."""
+    prompts = checks.check(cfg) if prompts is None else prompts
     device = _device(cfg)
     precision = str(cfg.get("precision", "fp32"))
     init_image, strength = cfg.get("init_image"), float(cfg.get("strength", 1.0))

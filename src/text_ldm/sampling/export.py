@@ -8,6 +8,7 @@ from pathlib import Path
 
 from text_ldm.models.components import DiffusionComponents
 from text_ldm.sampling import diffusers_pipeline
+from text_ldm.sampling.checks import check_export_dir
 from text_ldm.sampling.schedulers import make_sampler
 
 PIPELINE_FILE = "pipeline.py"
@@ -26,14 +27,16 @@ def build_pipeline(model: DiffusionComponents, sampler: str):
         force_not_quantize=bool(ae.force_not_quantize))
 
 
-def export_pipeline(model: DiffusionComponents, sampler: str, out_dir: str | os.PathLike) -> Path:
+def export_pipeline(model: DiffusionComponents, sampler: str, out_dir: str | os.PathLike,
+                    overwrite: bool = False) -> Path:
     """Write `out_dir`: unet/, vqvae/, scheduler/, text_encoder/, tokenizer/ (safetensors weights),
     model_index.json and pipeline.py (this package's TextLDMPipeline, so that
     `DiffusionPipeline.from_pretrained(out_dir, trust_remote_code=True)` needs no text_ldm).
 
     Written into a temporary sibling and renamed into place, so a crash never leaves half a folder;
-    an existing `out_dir` is replaced."""
+    an existing non-empty `out_dir` is refused unless `overwrite`, then replaced."""
     out_dir = Path(out_dir)
+    check_export_dir(out_dir, overwrite)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:

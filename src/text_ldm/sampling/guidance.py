@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from text_ldm.sampling.checks import guidance_problems
 from text_ldm.sampling.diffusers_pipeline import guided_prediction
 
 
@@ -32,28 +33,12 @@ class Guidance:
 
     @staticmethod
     def problems(scale: float, rescale: float, interval: Sequence[float] | None) -> list[str]:
-        """What is wrong with these settings, as messages that name the config keys (empty: fine; a
-        null scale is the checkpoint's, resolved later)."""
-        found = []
-        if scale is not None and float(scale) < 0:
-            found.append(f"guidance_scale={scale} must be >= 0")
-        if not 0.0 <= float(rescale) <= 1.0:
-            found.append(f"guidance_rescale={rescale} must be in [0, 1]")
-        if interval is not None:
-            bounds = list(interval) if isinstance(interval, Sequence) and not isinstance(interval, str) else [interval]
-            if len(bounds) != 2 or not 0 <= float(bounds[0]) <= float(bounds[1]):
-                found.append(f"guidance_interval={bounds} must be [t_lo, t_hi] with 0 <= t_lo <= t_hi "
-                             "(training timesteps, 0 = clean), or null for every step")
-        return found
+        """What is wrong with these settings, as messages that name the config keys (empty: fine)."""
+        return guidance_problems(scale, rescale, interval)
 
     @staticmethod
     def _cfg_values(cfg) -> tuple[float, float, Sequence[float] | None]:
         return cfg.guidance_scale, cfg.get("guidance_rescale", 0.0) or 0.0, cfg.get("guidance_interval")
-
-    @classmethod
-    def cfg_problems(cls, cfg) -> list[str]:
-        """`problems` of a sample.py / evaluate.py config's guidance_scale, guidance_rescale, guidance_interval."""
-        return cls.problems(*cls._cfg_values(cfg))
 
     @classmethod
     def from_cfg(cls, cfg, scale: float | None = None) -> "Guidance":

@@ -5,7 +5,9 @@ from contextlib import contextmanager
 
 import torch
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from text_ldm.sampling.names import PRECISIONS
+
+DTYPES = dict(zip(PRECISIONS, (torch.float32, torch.bfloat16, torch.float16)))
 
 
 def resolve(precision: str) -> torch.dtype:

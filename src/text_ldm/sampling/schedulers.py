@@ -5,27 +5,20 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                       FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler, LMSDiscreteScheduler,
-                       PNDMScheduler, UniPCMultistepScheduler)
+import diffusers
+from diffusers import DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-# name -> (scheduler class, default steps) for models trained with epsilon or v-prediction (DDPM betas).
-DDPM_SAMPLERS: dict[str, tuple[type[SchedulerMixin], int]] = {
-    "ddpm": (DDPMScheduler, 1000),
-    "ddim": (DDIMScheduler, 50),
-    "pndm": (PNDMScheduler, 50),
-    "lms": (LMSDiscreteScheduler, 50),
-    "euler_a": (EulerAncestralDiscreteScheduler, 30),
-    "dpmpp_2m": (DPMSolverMultistepScheduler, 20),  # its default algorithm is DPM-Solver++ (2M)
-    "unipc": (UniPCMultistepScheduler, 20),
-}
-# ... and for flow matching models (sigma from 1 to 0, velocity prediction).
-FLOW_SAMPLERS: dict[str, tuple[type[SchedulerMixin], int]] = {
-    "flow_euler": (FlowMatchEulerDiscreteScheduler, 50),
-    "flow_heun": (FlowMatchHeunDiscreteScheduler, 25),  # second order: two UNet calls a step
-    "flow_dpmpp_2m": (DPMSolverMultistepScheduler, 20),  # DPM-Solver++ (2M) on the flow sigmas
-}
+from text_ldm.sampling import names
+
+
+def _classes(table: Mapping[str, tuple[str, int]]) -> dict[str, tuple[type[SchedulerMixin], int]]:
+    return {name: (getattr(diffusers, cls), steps) for name, (cls, steps) in table.items()}
+
+
+# name -> (scheduler class, default steps); the names and steps live in names.py.
+DDPM_SAMPLERS = _classes(names.DDPM_SAMPLERS)
+FLOW_SAMPLERS = _classes(names.FLOW_SAMPLERS)
 SAMPLERS = {**DDPM_SAMPLERS, **FLOW_SAMPLERS}
 
 
@@ -75,11 +68,6 @@ def recommended_sampling(objective: str, sampling: Mapping[str, Any] | None) -> 
     name = str(given.get("sampler", "flow_euler" if objective == "flow_matching" else "ddim"))
     return {"sampler": name, "steps": int(given.get("steps", default_steps(name))),
             "guidance_scale": float(given.get("guidance_scale", 3.0))}
-
-
-def check_sampler_name(name: str | None) -> list[str]:
-    """[] for null (the checkpoint's) or a known sampler, else the message naming the choices."""
-    return [] if name is None or name in SAMPLERS else [f"sampler={name!r} is unknown; choose one of {sorted(SAMPLERS)}"]
 
 
 def takes_eta(scheduler: SchedulerMixin) -> bool:

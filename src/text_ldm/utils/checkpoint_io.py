@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from text_ldm.utils.atomic import atomic_path
+from text_ldm.utils.cli import check_checkpoint_file
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -29,20 +30,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, Any]:
-    """torch.load with weights_only=True; a clear error when `path` is missing or not a checkpoint.
+    """torch.load with weights_only=True; a one-line error when `path` is missing, a directory or not a checkpoint.
     `mmap=True` reads the structure without the tensors' bytes: a cheap check of a multi-GB file."""
     path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"checkpoint {path} is a directory, not a checkpoint file")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    check_checkpoint_file(path)
     if mmap and not zipfile.is_zipfile(path):  # torch's own message for this case speaks of save options
-        raise ValueError(f"{path} is not a loadable checkpoint: not a torch.save archive (truncated, corrupt, "
+        raise ValueError(f"{path} is not a text_ldm training checkpoint: not a whole torch.save archive (truncated, corrupt, "
                          "or another kind of file)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as err:  # torch raises several types for non-checkpoint files
-        raise ValueError(f"{path} is not a loadable checkpoint ({type(err).__name__}: {err})") from err
+    except Exception as err:  # torch raises several types for non-checkpoint files, some with long messages
+        reason = (str(err).strip().splitlines() or [""])[0]
+        raise ValueError(f"{path} is not a text_ldm training checkpoint ({type(err).__name__}: {reason})") from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise ValueError(f"{path} is not a text_ldm training checkpoint (no state_dict / hyper_parameters)")
     return checkpoint
