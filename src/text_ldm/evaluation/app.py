@@ -11,7 +11,6 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
 from text_ldm.data.celeba_layout import CelebALayout, read_attributes
 from text_ldm.evaluation import checks
@@ -24,6 +23,7 @@ from text_ldm.evaluation.reconstruction import reconstruction_fidelity
 from text_ldm.models.components import DiffusionComponents
 from text_ldm.sampling.guidance import Guidance
 from text_ldm.sampling.pipeline import generate
+from text_ldm.sampling.progress import StepBar, output_above_bars
 from text_ldm.sampling.app import pick_device, sampling_settings
 from text_ldm.sampling.schedulers import make_sampler, takes_eta
 from text_ldm.utils.atomic import atomic_save_png, atomic_write_text
@@ -35,15 +35,19 @@ COLUMNS = {"ceiling": "ceiling (real test)", "prompt_rows": "real, prompts' rows
 
 def sample_images(model: DiffusionComponents, sampler_name: str, texts: Sequence[str], seeds: Sequence[int], steps: int,
                   guidance: Guidance | float, batch_size: int, desc: str, eta: float = 0.0) -> torch.Tensor:
-    """(N, 3, H, W) images in [0, 1] on the CPU, one per (text, seed), generated in batches."""
+    """(N, 3, H, W) images in [0, 1] on the CPU, one per (text, seed), generated in batches under one
+    bar over all their denoising steps."""
     guidance = guidance if isinstance(guidance, Guidance) else Guidance(float(guidance))
     out = []
-    for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch"):
-        sampler = make_sampler(sampler_name, model.noise_scheduler.config)
-        out.append(generate(model.unet, sampler, model.text_encoder, model.autoencoder,
-                            list(texts[start: start + batch_size]), list(seeds[start: start + batch_size]),
-                            model.latent_shape, steps=steps, guidance_scale=guidance.scale,
-                            guidance_rescale=guidance.rescale, guidance_interval=guidance.interval, eta=eta).cpu())
+    batches = range(0, len(texts), batch_size)
+    with output_above_bars(), StepBar(len(batches), steps, desc=desc) as bar:
+        for start in batches:
+            sampler = make_sampler(sampler_name, model.noise_scheduler.config)
+            out.append(generate(model.unet, sampler, model.text_encoder, model.autoencoder,
+                                list(texts[start: start + batch_size]), list(seeds[start: start + batch_size]),
+                                model.latent_shape, steps=steps, guidance_scale=guidance.scale,
+                                guidance_rescale=guidance.rescale, guidance_interval=guidance.interval, eta=eta,
+                                progress=bar).cpu())
     return torch.cat(out)
 
 

@@ -27,7 +27,9 @@ def problems(cfg: DictConfig) -> list[str]:
     if found:
         return found  # the range checks would trip over a string where a number belongs
     found = sampling_problems(cfg)
-    found += [f"{key}={OmegaConf.select(cfg, key)} must be >= 1" for key in AT_LEAST_ONE if OmegaConf.select(cfg, key) < 1]
+    for key in AT_LEAST_ONE:
+        if OmegaConf.select(cfg, key) < 1:
+            found.append(f"{key}={OmegaConf.select(cfg, key)} must be >= 1")
     if cfg.classifier.lr <= 0:
         found.append(f"classifier.lr={cfg.classifier.lr} must be > 0")
     if cfg.classifier.blur_sigma_max < 0:

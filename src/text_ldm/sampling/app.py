@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
 from text_ldm.models.components import DiffusionComponents
 from text_ldm.sampling import checks
@@ -16,6 +15,7 @@ from text_ldm.sampling.guidance import Guidance
 from text_ldm.sampling.img2img import encode_image
 from text_ldm.sampling.mixing import encode_prompts
 from text_ldm.sampling.pipeline import generate
+from text_ldm.sampling.progress import StepBar, output_above_bars
 from text_ldm.sampling.diffusers_pipeline import start_step
 from text_ldm.sampling.schedulers import make_sampler, resolve_sampling, takes_eta
 from text_ldm.sampling.trajectory import X0Recorder, forward_noise, write_strip_and_gif
@@ -103,32 +103,34 @@ def sample(cfg: DictConfig, prompts: list[str] | None = None) -> Path:
     jobs = [(p, i) for p in range(len(prompts)) for i in range(k)]
     images: list[torch.Tensor] = []
     records = []
-    for start in tqdm(range(0, len(jobs), cfg.batch_size), desc="batches", unit="batch"):
-        batch = jobs[start: start + cfg.batch_size]
-        seeds = [int(cfg.seed) + p * k + i for p, i in batch]
-        texts = [prompts[p] for p, _ in batch]
-        names = [f"{p:04d}_{i:02d}" for p, i in batch]
-        sampler = make_sampler(sampler_name, model.noise_scheduler.config)
-        recorder = X0Recorder(int(cfg.trajectory_every)) if cfg.get("save_trajectory") else None
-        with prec.explained(precision, device):
-            out = generate(model.unet, sampler, model.text_encoder, model.autoencoder, texts, seeds,
-                           model.latent_shape, steps=steps, guidance_scale=guidance.scale,
-                           guidance_rescale=guidance.rescale, guidance_interval=guidance.interval,
-                           eta=eta,
-                           negative_prompt=str(cfg.negative_prompt),
-                           prompt_embeds=encode_prompts(model.text_encoder, texts),
-                           init_latents=None if init is None else init.repeat(len(batch), 1, 1, 1),
-                           strength=strength, on_step=recorder).cpu()
-        if recorder is not None:
-            write_strip_and_gif(recorder.decoded(model.autoencoder), out_dir, [f"{n}_trajectory" for n in names],
-                                [f"predicted x0: {t}" for t in texts])
-        for (p, i), name, seed, image in zip(batch, names, seeds, out):
-            atomic_save_png(to_pil(image), out_dir / f"{name}.png")
-            images.append(image)
-            records.append({"file": f"{name}.png", "prompt": prompts[p], "seed": seed, "sampler": sampler_name,
-                            **stated, **guidance.as_dict(),
-                            "negative_prompt": str(cfg.negative_prompt), "precision": precision,
-                            **({"init_image": str(init_image), "strength": strength} if init_image else {})})
+    batches = range(0, len(jobs), cfg.batch_size)
+    with output_above_bars(), StepBar(len(batches), stated["steps"]) as bar:
+        for start in batches:
+            batch = jobs[start: start + cfg.batch_size]
+            seeds = [int(cfg.seed) + p * k + i for p, i in batch]
+            texts = [prompts[p] for p, _ in batch]
+            names = [f"{p:04d}_{i:02d}" for p, i in batch]
+            sampler = make_sampler(sampler_name, model.noise_scheduler.config)
+            recorder = X0Recorder(int(cfg.trajectory_every)) if cfg.get("save_trajectory") else None
+            with prec.explained(precision, device):
+                out = generate(model.unet, sampler, model.text_encoder, model.autoencoder, texts, seeds,
+                               model.latent_shape, steps=steps, guidance_scale=guidance.scale,
+                               guidance_rescale=guidance.rescale, guidance_interval=guidance.interval,
+                               eta=eta,
+                               negative_prompt=str(cfg.negative_prompt),
+                               prompt_embeds=encode_prompts(model.text_encoder, texts),
+                               init_latents=None if init is None else init.repeat(len(batch), 1, 1, 1),
+                               strength=strength, on_step=recorder, progress=bar).cpu()
+            if recorder is not None:
+                write_strip_and_gif(recorder.decoded(model.autoencoder), out_dir, [f"{n}_trajectory" for n in names],
+                                    [f"predicted x0: {t}" for t in texts])
+            for (p, i), name, seed, image in zip(batch, names, seeds, out):
+                atomic_save_png(to_pil(image), out_dir / f"{name}.png")
+                images.append(image)
+                records.append({"file": f"{name}.png", "prompt": prompts[p], "seed": seed, "sampler": sampler_name,
+                                **stated, **guidance.as_dict(),
+                                "negative_prompt": str(cfg.negative_prompt), "precision": precision,
+                                **({"init_image": str(init_image), "strength": strength} if init_image else {})})
     atomic_write_text(out_dir / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     rows = [torch.stack(images[p * k:(p + 1) * k]) for p in range(len(prompts))]
     grid_path = out_dir / "grid.png"

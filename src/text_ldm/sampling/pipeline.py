@@ -2,7 +2,7 @@
 the denoising loop of `diffusers_pipeline` (the one exported pipelines run), images out."""
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -40,7 +40,8 @@ def predict_x0(model_in: torch.Tensor, pred: torch.Tensor, t: torch.Tensor, sche
 def generate(unet, scheduler: SchedulerMixin, text_encoder: FrozenTextEncoder, autoencoder: FrozenAutoencoder,
              prompts: Sequence[str], seeds: Sequence[int], latent_shape: Sequence[int], *, steps: int,
              guidance_scale: float = 3.0, guidance_rescale: float = 0.0,
-             guidance_interval: Sequence[float] | None = None, negative_prompt: str = "", progress: bool = False,
+             guidance_interval: Sequence[float] | None = None, negative_prompt: str = "",
+             progress: bool | Callable[[Iterable], Iterable] = False,
              prompt_embeds: torch.Tensor | None = None, init_latents: torch.Tensor | None = None,
              strength: float = 1.0, batched_cfg: bool = True, on_step: StepCallback | None = None,
              eta: float = 0.0) -> torch.Tensor:
@@ -60,6 +61,8 @@ def generate(unet, scheduler: SchedulerMixin, text_encoder: FrozenTextEncoder, a
     - eta (DDIM only): the share of each step's variance drawn as fresh noise (Song et al. 2021, eq. 16);
       0 is deterministic DDIM, 1 DDPM's posterior variance.
     - The UNet may run in bf16/fp16; latents and scheduler arithmetic stay in float32.
+    - progress: True for a bar over this call's steps, or a wrapper of the timesteps (`progress.StepBar`:
+      one bar over the steps of many calls).
     The loop itself is `diffusers_pipeline.denoise`.
     """
     if len(prompts) != len(seeds):
@@ -75,7 +78,8 @@ def generate(unet, scheduler: SchedulerMixin, text_encoder: FrozenTextEncoder, a
     latents = denoise(unet, scheduler, latents, timesteps, cond, uncond, guidance_scale=guidance.scale,
                       guidance_rescale=guidance.rescale, guidance_interval=guidance.interval, batched_cfg=batched_cfg,
                       step_kwargs=step_kwargs, on_step=hook,
-                      progress=lambda steps: tqdm(steps, desc="sampling", disable=not progress, leave=False))
+                      progress=progress if callable(progress)
+                      else lambda steps: tqdm(steps, desc="sampling", disable=not progress, leave=False))
     return decode(autoencoder, latents)
 
 

@@ -20,7 +20,13 @@ def apply(model, precision: str) -> None:
     """Cast the UNet only. The text encoder runs once per prompt (memoised) and the autoencoder once
     per image, so they stay float32, where a VQ decoder's codebook distances are safe; the sampling
     loop keeps latents and scheduler arithmetic in float32 and casts only the UNet's input."""
-    model.unet.to(resolve(precision))
+    dtype, unet = resolve(precision), model.unet
+    if next(unet.parameters()).dtype == dtype:
+        return
+    if unet._keep_in_fp32_modules:
+        unet.to(dtype)
+    else:  # diffusers' to(dtype) warns about modules "that should be kept in float32" even when there are none
+        torch.nn.Module.to(unet, dtype)
 
 
 @contextmanager

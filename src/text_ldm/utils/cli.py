@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
 
 # Raised by our own checks for bad input (missing files, wrong layout, invalid numbers, incompatible
 # checkpoints, a full disk, a NaN loss). Anything else is a bug and keeps its traceback.
@@ -48,12 +47,6 @@ def _unwrap_instantiation(err: BaseException) -> BaseException:
     return err
 
 
-def _message(err: BaseException) -> str:
-    if isinstance(err, MissingMandatoryValue):
-        return f"{err.full_key}=... is required"
-    return str(err)
-
-
 def report_errors(main: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a Hydra task function: user errors print `error: <message>` and exit 1; SIGTERM (after
     Lightning has stopped the loop and the interrupt checkpoint is written) exits 143 like an
@@ -69,10 +62,9 @@ def report_errors(main: Callable[..., Any]) -> Callable[..., Any]:
                 print("stopped by SIGTERM; resume with ckpt_path=<run dir>/checkpoints/last.ckpt", file=sys.stderr)
                 sys.exit(128 + signal.SIGTERM)
             cause = _unwrap_instantiation(err)
-            user_error = _is_user_error(cause) or isinstance(cause, MissingMandatoryValue)
-            if os.environ.get("HYDRA_FULL_ERROR") == "1" or not user_error:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1" or not _is_user_error(cause):
                 raise
-            print(f"error: {_message(cause)}", file=sys.stderr)
+            print(f"error: {cause}", file=sys.stderr)
             print("(HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
             sys.exit(1)
 
