@@ -58,7 +58,7 @@ def test_sigterm_saves_a_checkpoint_before_exit(tmp_path, toy_root, tiny_vq_dir)
     run_dir = tmp_path / "run"
     overrides = [o for o in tiny_train_overrides(tmp_path, toy_root, tiny_vq_dir) if not o.startswith("paths.output_dir")]
     cmd = [sys.executable, str(ROOT / "train.py"), *overrides, "trainer.max_epochs=1000",
-           "callbacks.image_logger.every_n_epochs=0", "callbacks.model_checkpoint.save_last=false",
+           "callbacks.image_logger.every_n_epochs=0", "callbacks.last_checkpoint=null",
            f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     checkpoints = run_dir / "checkpoints"

@@ -23,7 +23,7 @@ def _train_cmd(tmp_path, toy_root, vq_dir, run: str, *extra: str) -> list[str]:
     overrides = [o for o in tiny_train_overrides(tmp_path, toy_root, vq_dir) if not o.startswith("paths.output_dir")]
     return [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={tmp_path / run}", "num_threads=1",
             f"trainer.max_steps={STEPS}", "trainer.max_epochs=-1", "callbacks.image_logger.every_n_epochs=0",
-            "+callbacks.model_checkpoint.every_n_train_steps=1", "callbacks.model_checkpoint.monitor=null",
+            "callbacks.last_checkpoint.every_n_train_steps=1",
             "model/lr_scheduler=warmup_cosine", "model.lr_scheduler.num_warmup_steps=2", *extra]
 
 

@@ -38,11 +38,10 @@ def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
 
 
 def run_last_ckpt(cfg: DictConfig) -> Path:
-    """Where this run writes its last.ckpt (ModelCheckpoint's folder, else the interrupt checkpoint's)."""
-    dirpath = (OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath")
-               or OmegaConf.select(cfg, "callbacks.interrupt_checkpoint.dirpath")
-               or Path(cfg.paths.output_dir) / "checkpoints")
-    return Path(dirpath) / "last.ckpt"
+    """Where this run writes its last.ckpt."""
+    dirs = [OmegaConf.select(cfg, f"callbacks.{name}.dirpath")
+            for name in ("last_checkpoint", "interrupt_checkpoint", "model_checkpoint")]
+    return Path(next((d for d in dirs if d), None) or Path(cfg.paths.output_dir) / "checkpoints") / "last.ckpt"
 
 
 def _is_plain_run(run_dir: Path, root: Path) -> bool:
@@ -123,8 +122,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     finally:
         _finish_loggers(trainer)
-    best = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
-    rank_zero_info(f"checkpoints: {os.path.dirname(best) or trainer.default_root_dir}")
+    saved = [os.path.dirname(p) for p in (run_last_ckpt(cfg), getattr(trainer.checkpoint_callback, "best_model_path", ""))
+             if p and os.path.isfile(p)]
+    rank_zero_info(f"checkpoints: {saved[0]}" if saved else "checkpoints: none written")
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 

@@ -209,9 +209,11 @@ class CelebADataModule(L.LightningDataModule):
         return [dataset.captions[i][0] for i in range(min(self.preview_count, len(dataset)))]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        # Its own generator: each validation's iterator would otherwise draw from the global RNG between a
+        # checkpoint written at an epoch's last batch and the next training step, and the resume would not match.
         return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle, drop_last=shuffle,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          collate_fn=self._collate())
+                          collate_fn=self._collate(), generator=torch.Generator().manual_seed(self.seed))
 
     def _collate(self):
         # Stage 1 meets corrupt images while training (stage 2 met them while caching, and left them out).

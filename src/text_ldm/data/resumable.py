@@ -59,12 +59,21 @@ class ResumableDataLoader(DataLoader):
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, shuffle: bool = True,
                  weights: Sequence[float] | None = None, **kwargs: Any):
+        # Its own generator: a new epoch's iterator draws its workers' base seed from it, and drawing it from the
+        # global RNG would shift that RNG between the epoch-end checkpoint and the next step, which a resumed
+        # run (RNG put back at its first step, after the iterator exists) would not see.
+        kwargs.setdefault("generator", torch.Generator())
         super().__init__(dataset, batch_size=batch_size, sampler=ResumableSampler(dataset, shuffle, seed, weights),
                          drop_last=True, **kwargs)
         self._served = 0
 
     def __iter__(self):
         sampler: ResumableSampler = self.sampler
+        self.generator.manual_seed(sampler.seed + sampler.epoch)  # worker seeds from (seed, epoch) alone, too
+        # The dataset's per-epoch draws (the caption) follow the sampler's epoch, which Lightning sets on every
+        # epoch, a resumed one included; its epoch-start hooks do not run for an epoch resumed mid-way.
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(sampler.epoch)
         self._served = sampler.skip // self.batch_size if sampler.epoch == sampler.skip_epoch else 0
         for batch in super().__iter__():
             self._served += 1

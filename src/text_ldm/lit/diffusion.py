@@ -168,11 +168,6 @@ class LatentDiffusion(L.LightningModule):
         loss = self._diffusion_loss(batch["latent"], batch["caption"], generator, timestep_kind="uniform")
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["latent"].shape[0])
 
-    def on_train_epoch_start(self) -> None:
-        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(self.current_epoch)
-
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # Exact resume: the RNG states saved with the checkpoint are put back just before the first
         # step, after the sanity check and loader setup (which draw from the global RNG) have run.
