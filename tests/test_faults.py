@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import re
 import signal
 import subprocess
 import sys
@@ -147,13 +148,17 @@ def test_resume_from_an_incompatible_config_lists_the_keys(train_cfg, tmp_path):
                                          r"\[16, 16\]\).*make clean-demo"):
         train(other)
 
-    # Same shapes, another lr: the weights load, and the run is told what it changed.
+    # Same shapes, another lr and noise offset: the weights load, and the run is told which change applies and
+    # that the lr does not (Lightning restores the optimiser's param groups from the checkpoint).
     from hydra.utils import instantiate
 
     from text_ldm.utils.checkpoint_io import load_checkpoint
 
     relearned = instantiate(compose_config("train", [*tiny_train_overrides(tmp_path, train_cfg.data.root,
                                                                             train_cfg.vae.pretrained),
-                                                     "model.optimizer.lr=0.5"]).model)
-    with pytest.warns(UserWarning, match=r"differs from the checkpoint's: optimizer\.lr: 0\.0001 -> 0\.5$"):
+                                                     "model.optimizer.lr=0.5", "model.noise_offset=0.05"]).model)
+    with pytest.warns(UserWarning) as record:
         relearned.on_load_checkpoint(load_checkpoint(last))
+    said = [str(w.message) for w in record]
+    assert any(m.endswith("differs from the checkpoint's: noise_offset: 0.0 -> 0.05") for m in said), said
+    assert any(re.search(r"overrides are ignored: optimizer\.lr: 0\.0001 -> 0\.5 \(a fresh run", m) for m in said), said

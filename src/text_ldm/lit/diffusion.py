@@ -215,8 +215,15 @@ class LatentDiffusion(L.LightningModule):
             # Here, not only in sample.py: Lightning's resume (`ckpt_path=`) comes through this hook
             # too, and gets the same list of keys instead of load_state_dict's traceback.
             check_state_matches(self.state_dict(), state, hint)
-        if changes:
-            rank_zero_warn("resuming with a config that differs from the checkpoint's: " + "; ".join(changes))
+        # Lightning restores the optimiser's param groups (lr, betas, weight decay) and the schedule's state
+        # after this hook: overrides of those would be printed as if they applied, and they do not.
+        kept = [c for c in changes if c.startswith(("optimizer.", "lr_scheduler."))]
+        applied = [c for c in changes if c not in kept]
+        if applied:
+            rank_zero_warn("resuming with a config that differs from the checkpoint's: " + "; ".join(applied))
+        if kept:
+            rank_zero_warn("resuming continues the checkpoint's optimiser and LR schedule, so these overrides are "
+                           "ignored: " + "; ".join(kept) + " (a fresh run, another hydra.run.dir, uses them)")
         self._rng_to_restore = checkpoint.get("rng_states")
 
 
