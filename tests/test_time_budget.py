@@ -202,3 +202,22 @@ def test_ddp_ranks_follow_rank_zeros_plan(tmp_path, toy_root, tiny_vq_dir):
     step, schedule_end, last_lr, budget = _end_state(run_dir / "checkpoints" / "last.ckpt")
     assert (step, schedule_end, last_lr, budget["planned_epochs"]) == (6, 6, 0.0, 3)
     assert "3 of 4 epochs" in result.stdout + result.stderr
+
+
+def test_resumed_with_a_longer_run_the_schedule_ends_with_it(train_cfg, tmp_path, caplog):
+    """No budget: a schedule whose end the config leaves to the trainer moves to the resumed run's length, not the
+    first run's (whose end was saved), so the LR does not sit at 0 for the added steps."""
+    overrides = ["model/lr_scheduler=warmup_cosine", "model.lr_scheduler.num_warmup_steps=1", "trainer.max_epochs=-1",
+                 "callbacks.image_logger.every_n_epochs=0", "trainer.limit_val_batches=0"]
+    first = compose_config("train", tiny_train_overrides(tmp_path, train_cfg.data.root, train_cfg.vae.pretrained)
+                           + overrides + ["trainer.max_steps=3"])
+    train(first)
+    saved = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert _end_state(saved)[1] == 3
+    longer = compose_config("train", tiny_train_overrides(tmp_path, train_cfg.data.root, train_cfg.vae.pretrained)
+                            + overrides + ["trainer.max_steps=6", f"ckpt_path={saved}"])
+    with caplog.at_level("INFO"):
+        train(longer)
+    step, schedule_end, last_lr, _ = _end_state(saved)
+    assert (step, schedule_end, last_lr) == (6, 6, 0.0)
+    assert "it now ends with this run, at step 6" in caplog.text
