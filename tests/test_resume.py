@@ -132,3 +132,16 @@ def test_sigkill_during_checkpoint_save_keeps_the_previous_last_ckpt(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     checkpoint = load_checkpoint(target)
     assert checkpoint["global_step"] == 1 and torch.equal(checkpoint["state_dict"]["w"], torch.zeros(4))
+
+
+def test_a_seeded_run_does_not_depend_on_whether_its_latents_were_cached(train_cfg, tmp_path):
+    from text_ldm.training import train
+
+    train_cfg.trainer.max_steps = 2
+    train_cfg.callbacks.image_logger = None
+    weights = []
+    for run in ("cold", "warm"):  # the first builds the latent cache, the second reads it
+        train_cfg.paths.output_dir = str(tmp_path / run)
+        train(train_cfg)
+        weights.append(load_checkpoint(tmp_path / run / "checkpoints" / "last.ckpt")["current_model_state"])
+    _assert_same(*weights, "raw weights")
