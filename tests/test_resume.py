@@ -1,4 +1,4 @@
-"""Exact resume: a run stopped (SIGKILL, max_steps mid-epoch or at an epoch end, max_epochs) and resumed trains
+"""Exact resume: a run stopped (SIGKILL, SIGTERM, a NaN, max_steps mid-epoch or at an epoch end, max_epochs) and resumed trains
 what an uninterrupted one does, bit for bit; a kill in the middle of writing last.ckpt leaves the previous one
 loadable. Real subprocesses, real signals."""
 from __future__ import annotations
@@ -91,15 +91,17 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one_bit_for_bit(tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop, resume", [
-    ("trainer.max_steps=3", f"trainer.max_steps={STEPS}"),  # mid-epoch: the rest of epoch 0 is still to come
-    ("trainer.max_steps=4", f"trainer.max_steps={STEPS}"),  # at epoch 0's end, under max_steps
-    ("trainer.max_epochs=1", "trainer.max_epochs=2"),  # at epoch 0's end, epochs only
-])
-def test_a_run_stopped_by_its_length_resumes_exactly(tmp_path, toy_root, tiny_vq_dir, straight, stop, resume):
-    _run(_train_cmd(tmp_path, toy_root, tiny_vq_dir, "run", stop), tmp_path)
+@pytest.mark.parametrize("stop, resume, returncode", [
+    (["trainer.max_steps=3"], [f"trainer.max_steps={STEPS}"], 0),  # mid-epoch: the rest of epoch 0 is to come
+    (["trainer.max_steps=4"], [f"trainer.max_steps={STEPS}"], 0),  # at epoch 0's end, under max_steps
+    (["trainer.max_epochs=1"], [], 0),  # at epoch 0's end, epochs only
+    (["+callbacks.stop._target_=probe_callbacks.SigtermSignalAtStep", "+callbacks.stop.step=3"], [], 143),
+    (["+callbacks.stop._target_=probe_callbacks.NaNAtStep", "+callbacks.stop.step=3"], [], 1),  # stopped before step 3
+], ids=["max_steps_mid_epoch", "max_steps_at_epoch_end", "max_epochs", "sigterm", "nan"])
+def test_a_stopped_run_resumes_exactly(tmp_path, toy_root, tiny_vq_dir, straight, stop, resume, returncode):
+    _run(_train_cmd(tmp_path, toy_root, tiny_vq_dir, "run", *stop), tmp_path, returncode)
     saved = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    _run(_train_cmd(tmp_path, toy_root, tiny_vq_dir, "resumed", resume, f"ckpt_path={saved}"), tmp_path)
+    _run(_train_cmd(tmp_path, toy_root, tiny_vq_dir, "resumed", *resume, f"ckpt_path={saved}"), tmp_path)
     _assert_resumed_matches(straight, tmp_path / "run", tmp_path / "resumed")
 
 
