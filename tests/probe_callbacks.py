@@ -81,3 +81,27 @@ class FakeTime(Callback):
 
 def fake_now() -> float:
     return FakeTime.now
+
+
+class SigtermSignalAtStep(Callback):
+    """Sends its own process a real SIGTERM when optimiser step `step` has just ended: Lightning's handler
+    notes it and stops the loop after that batch, as it would for a scheduler's preemption notice."""
+
+    def __init__(self, step: int):
+        self.step = int(step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class NaNAtStep(Callback):
+    """Corrupts one latent of the batch of optimiser step `step`, once per process (a transient fault): the
+    NaN guard stops the run before that step."""
+
+    def __init__(self, step: int):
+        self.step = int(step)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            batch["latent"][0, 0, 0, 0] = float("nan")

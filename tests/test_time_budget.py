@@ -202,3 +202,39 @@ def test_ddp_ranks_follow_rank_zeros_plan(tmp_path, toy_root, tiny_vq_dir):
     step, schedule_end, last_lr, budget = _end_state(run_dir / "checkpoints" / "last.ckpt")
     assert (step, schedule_end, last_lr, budget["planned_epochs"]) == (6, 6, 0.0, 3)
     assert "3 of 4 epochs" in result.stdout + result.stderr
+
+
+def test_resumed_with_a_longer_run_the_schedule_ends_with_it(train_cfg, tmp_path, caplog):
+    """No budget: a schedule whose end the config leaves to the trainer moves to the resumed run's length, not the
+    first run's (whose end was saved), so the LR does not sit at 0 for the added steps."""
+    overrides = ["model/lr_scheduler=warmup_cosine", "model.lr_scheduler.num_warmup_steps=1", "trainer.max_epochs=-1",
+                 "callbacks.image_logger.every_n_epochs=0", "trainer.limit_val_batches=0"]
+    first = compose_config("train", tiny_train_overrides(tmp_path, train_cfg.data.root, train_cfg.vae.pretrained)
+                           + overrides + ["trainer.max_steps=3"])
+    train(first)
+    saved = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert _end_state(saved)[1] == 3
+    longer = compose_config("train", tiny_train_overrides(tmp_path, train_cfg.data.root, train_cfg.vae.pretrained)
+                            + overrides + ["trainer.max_steps=6", f"ckpt_path={saved}"])
+    with caplog.at_level("INFO"):
+        train(longer)
+    step, schedule_end, last_lr, _ = _end_state(saved)
+    assert (step, schedule_end, last_lr) == (6, 6, 0.0)
+    assert "it now ends with this run, at step 6" in caplog.text
+
+
+def test_a_run_the_budget_ended_mid_epoch_resumes_exactly_without_it(tmp_path, toy_root, tiny_vq_dir):
+    """36 s end the run 2 steps into epoch 3 (constant LR, so the plan leaves the schedule alone); resumed with
+    the budget off it trains the rest of that epoch and the last two, as a run without a budget does."""
+    extra = ["model.lr_scheduler=null", "callbacks.time_budget.minutes=null"]
+    train(_budget_cfg(tmp_path, toy_root, tiny_vq_dir, "straight", *extra))
+    train(_budget_cfg(tmp_path, toy_root, tiny_vq_dir, "cut", "model.lr_scheduler=null", "callbacks.time_budget.minutes=0.6"))
+    saved = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    assert load_checkpoint(saved)["global_step"] == 14
+    resumed = _budget_cfg(tmp_path, toy_root, tiny_vq_dir, "cut", *extra)
+    resumed.ckpt_path = str(saved)
+    train(resumed)
+    a, b = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.ckpt"), load_checkpoint(saved)
+    assert a["global_step"] == b["global_step"] == 24
+    for key in ("current_model_state", "state_dict"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), f"{key} differs"

@@ -70,6 +70,8 @@ class TrainingTimeBudget(Callback):
         self._configured_epochs = trainer.fit_loop.max_epochs
         if self.planned_epochs is not None and self._saved_budget_s != self.budget_s:
             self._drop_saved_plan(trainer)
+        if self.planned_steps is None:
+            self._end_schedule_with_the_run(trainer)
         if self.budget_s is None:
             return
         if self.ends_by is not None and self.ends_by <= self.wall_clock():
@@ -107,6 +109,21 @@ class TrainingTimeBudget(Callback):
             self._replan_schedules(trainer, last_step)
             rank_zero_info(f"time budget {'off' if self.budget_s is None else f'now {self.budget_s / 60:g} min'}: the "
                            f"saved plan of {saved} epochs no longer holds; the LR schedule ends at step {last_step} again")
+
+    def _end_schedule_with_the_run(self, trainer: L.Trainer) -> None:
+        """No plan in force: a schedule whose end the config leaves to the trainer (null) ends where this run does.
+        Resumed with another `trainer.max_steps` or `max_epochs`, its saved end was the earlier run's, and past it
+        the LR would stay at 0."""
+        config = (getattr(trainer.lightning_module, "hparams", None) or {}).get("lr_scheduler")
+        if not hasattr(config, "keys") or not any(key in config and config[key] is None for key in TOTAL_STEP_KEYS):
+            return
+        last_step = int(trainer.estimated_stepping_batches)
+        ends = {fn.num_training_steps for c in trainer.lr_scheduler_configs
+                for fn in getattr(c.scheduler, "lr_lambdas", []) if hasattr(fn, "replan")}
+        if ends and ends != {last_step}:
+            self._replan_schedules(trainer, last_step)
+            rank_zero_info(f"LR schedule: the checkpoint's ended at step {max(ends)}, the earlier run's length; "
+                           f"it now ends with this run, at step {last_step}")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.budget_s is None or self._mark is None:

@@ -148,8 +148,11 @@ def _open_or_build(dataset: ImageDataset, autoencoder: FrozenAutoencoder, final:
     done, skipped = _resume_point(partial, fingerprint, shape)
     mode = "r+" if done > 0 else "w+"
     latents = np.lib.format.open_memmap(partial / LATENTS, mode=mode, dtype=np.float32, shape=shape)
+    # Its own generator: drawing its workers' seed from the global RNG would make a seeded run differ by
+    # whether its latents were cached already.
     loader = DataLoader(Subset(_Reporting(dataset), range(done, n)), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, pin_memory=torch.device(device).type == "cuda")
+                        num_workers=num_workers, pin_memory=torch.device(device).type == "cuda",
+                        generator=torch.Generator())
     start = done
     with tqdm(total=n, initial=done, desc=f"caching {split} latents", unit="img", disable=not progress) as bar:
         for batch in loader:

@@ -79,6 +79,10 @@ class ResumableDataLoader(DataLoader):
             self._served += 1
             yield batch
 
+    def unserve_last(self) -> None:
+        """The batch served last was not trained on (an interrupt inside its step): serve it again on resume."""
+        self._served = max(0, self._served - 1)
+
     def state_dict(self) -> dict[str, int]:
         return {"epoch": int(self.sampler.epoch), "batches": int(self._served)}
 

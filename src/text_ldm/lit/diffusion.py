@@ -69,6 +69,7 @@ class LatentDiffusion(L.LightningModule):
         self.noise_offset = float(noise_offset)
         self.channels_last = bool(channels_last)
         self._rng_to_restore: dict | None = None
+        self._batch_start_rng: dict | None = None
         if gradient_checkpointing:  # recompute activations in backward: less memory, ~30% more compute
             self.unet.enable_gradient_checkpointing()
         if self.channels_last:
@@ -174,6 +175,13 @@ class LatentDiffusion(L.LightningModule):
         if self._rng_to_restore is not None:
             _set_rng_states(self._rng_to_restore)
             self._rng_to_restore = None
+        self._batch_start_rng = _rng_states()
+
+    def restore_batch_start_rng(self) -> None:
+        """Back to the RNG states this batch started with, for a checkpoint of the state before it
+        (callbacks/interrupt_checkpoint.py: an interrupt inside the batch's step)."""
+        if self._batch_start_rng is not None:
+            _set_rng_states(self._batch_start_rng)
 
     def configure_optimizers(self):
         return configure_from_partials(self.unet.parameters(), self.hparams.optimizer, self.hparams.lr_scheduler,
