@@ -57,10 +57,12 @@ def report_errors(main: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return main(*args, **kwargs)
-        except Exception as err:
+        except BaseException as err:  # Lightning's SIGTERMException is a SystemExit, not an Exception
             if _is_sigterm(err):
                 print("stopped by SIGTERM; resume with ckpt_path=<run dir>/checkpoints/last.ckpt", file=sys.stderr)
                 sys.exit(128 + signal.SIGTERM)
+            if not isinstance(err, Exception):
+                raise
             cause = _unwrap_instantiation(err)
             if os.environ.get("HYDRA_FULL_ERROR") == "1" or not _is_user_error(cause):
                 raise
