@@ -1,6 +1,7 @@
 """`train.py`'s body: compose data, model, callbacks, loggers and trainer from the config, then fit."""
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -18,6 +19,19 @@ from text_ldm.utils.instantiate import instantiate_callbacks, instantiate_logger
 
 # The frozen text encoder and autoencoder are in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+# Lightning's own pytree helper uses torch's deprecated LeafSpec: nothing a user of train.py can act on.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+
+
+class _DropLitLoggerTip(logging.Filter):
+    """Lightning advertises its cloud logger on every run that uses another one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("💡 Tip: For seamless cloud logging")
+
+
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_DropLitLoggerTip())
 
 
 def describe_batch(cfg: DictConfig, trainer: L.Trainer) -> str:
