@@ -14,7 +14,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from text_ldm.utils.checkpoint_io import AtomicCheckpointIO, load_checkpoint
-from text_ldm.utils.instantiate import instantiate_callbacks, instantiate_loggers, without_logger_only_callbacks
+from text_ldm.utils.instantiate import (check_loggers, instantiate_callbacks, instantiate_loggers,
+                                       without_logger_only_callbacks)
 
 
 # The frozen text encoder and autoencoder are in eval mode on purpose.
@@ -112,6 +113,7 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit cfg.model on cfg.data. Returns the final callback metrics as floats."""
     ckpt_path = resolve_ckpt_path(cfg)
+    check_loggers(cfg.get("logger"))
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
     if cfg.get("seed") is not None:
