@@ -10,6 +10,8 @@ import lightning as L
 import torch
 import yaml
 from hydra.utils import instantiate
+from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.pytorch.callbacks import LambdaCallback
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
@@ -43,6 +45,24 @@ def describe_batch(cfg: DictConfig, trainer: L.Trainer) -> str:
     lr = OmegaConf.select(cfg, "model.optimizer.lr")
     return (f"batch: {per_device} per device x {trainer.world_size} device(s) x {accumulate} accumulation "
             f"= {effective} effective; lr {lr} as configured (no automatic LR scaling)")
+
+
+def oversubscription_hint(processes: int, threads: int, cores: int) -> str | None:
+    """A line for CPU training whose processes x threads exceed the cores: each thread then waits for a core,
+    and a step slows down instead of speeding up. None when they fit."""
+    if processes * threads <= cores:
+        return None
+    return (f"hint: {processes} CPU process{'es' if processes > 1 else ''} x {threads} threads on {cores} cores "
+            f"oversubscribe them; set num_threads={max(1, cores // processes)}")
+
+
+def _hint_cpu_threads(trainer: L.Trainer, *_) -> None:
+    # At train start: the threads are final there (Lightning's launcher may have set them for its processes).
+    if isinstance(trainer.accelerator, CPUAccelerator):
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        hint = oversubscription_hint(trainer.num_devices, torch.get_num_threads(), cores)
+        if hint:
+            rank_zero_info(hint)
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
@@ -124,6 +144,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     if not loggers:
         callbacks = without_logger_only_callbacks(callbacks)
+    callbacks.append(LambdaCallback(on_train_start=_hint_cpu_threads))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                      plugins=[AtomicCheckpointIO()])
     # Before fit: callbacks (EMA) copy the module in their setup, and must copy the cast one.
