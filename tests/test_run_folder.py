@@ -14,7 +14,8 @@ from conftest import ROOT, compose_config, tiny_train_overrides
 
 TESTS = ROOT / "tests"
 # Printed on every fresh run before: misleading (nothing was resumed) or noise with no action to take.
-NOISE = ["was called without a model", "there is no last checkpoint available", "Restoring states from the checkpoint"]
+NOISE = ["was called without a model", "there is no last checkpoint available", "Restoring states from the checkpoint",
+         "could not find the monitored key", "litlogger", "LeafSpec"]
 
 
 def _train(tmp_path, toy_root, vq_dir, run: str, *extra: str) -> subprocess.CompletedProcess:

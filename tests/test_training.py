@@ -130,3 +130,29 @@ def test_unet_base_ldm_is_unet_base_in_the_ldm_attention_layout(tmp_path):
     assert ldm.down_block_types[0] == "DownBlock2D" and ldm.up_block_types[-1] == "UpBlock2D"
     assert all(kind.startswith("CrossAttn") for kind in [*ldm.down_block_types[1:], *ldm.up_block_types[:-1]])
     assert [c // h for c, h in zip(ldm.block_out_channels, ldm.attention_head_dim)] == [64] * 4
+
+
+def test_oversubscribed_cpu_threads_get_a_hint():
+    from text_ldm.training import oversubscription_hint
+
+    assert oversubscription_hint(2, 2, 2) == ("hint: 2 CPU processes x 2 threads on 2 cores oversubscribe them; "
+                                              "set num_threads=1")
+    assert oversubscription_hint(1, 8, 4) == ("hint: 1 CPU process x 8 threads on 4 cores oversubscribe them; "
+                                              "set num_threads=4")
+    assert oversubscription_hint(2, 1, 2) is None and oversubscription_hint(1, 2, 16) is None
+
+
+def test_a_run_with_more_threads_than_cores_prints_the_hint(train_cfg, caplog):
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = torch.get_num_threads()
+    train_cfg.num_threads = cores + 1
+    train_cfg.trainer.max_steps = 1
+    train_cfg.callbacks.image_logger = None
+    try:
+        with caplog.at_level("INFO"):
+            train(train_cfg)
+    finally:
+        torch.set_num_threads(threads)
+    assert f"1 CPU process x {cores + 1} threads on {cores} cores oversubscribe them; set num_threads={cores}" in caplog.text

@@ -81,3 +81,26 @@ def test_slurm_launcher_config_composes():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (8, 8, 2)
+
+
+def test_wandb_without_a_key_or_offline_mode_is_refused_with_the_ways_out(tmp_path):
+    pytest.importorskip("wandb")
+    from text_ldm.utils.instantiate import check_wandb_ready
+
+    with pytest.raises(ValueError, match=r"logger\.wandb: no W&B API key .*`wandb login`.*WANDB_MODE=offline or "
+                                         r"logger\.wandb\.offline=true"):
+        check_wandb_ready("wandb", offline=False, environ={}, home=tmp_path)
+    check_wandb_ready("wandb", offline=True, environ={}, home=tmp_path)
+    check_wandb_ready("wandb", offline=False, environ={"WANDB_MODE": "offline"}, home=tmp_path)
+    check_wandb_ready("wandb", offline=False, environ={"WANDB_API_KEY": "k" * 40}, home=tmp_path)
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "k" * 40 + "\n")
+    check_wandb_ready("wandb", offline=False, environ={}, home=tmp_path)
+
+    # The entry point: one line, before any data or model is built.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k not in ("HYDRA_FULL_ERROR", "NETRC")}
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "logger=wandb", f"paths.root_dir={tmp_path}",
+                             f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path, env={**env, "HOME": str(tmp_path / "home")})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 2 and lines[0].startswith("error: logger.wandb: no W&B API key"), \
+        result.stderr[-3000:]

@@ -1,6 +1,7 @@
 """`train.py`'s body: compose data, model, callbacks, loggers and trainer from the config, then fit."""
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -9,15 +10,31 @@ import lightning as L
 import torch
 import yaml
 from hydra.utils import instantiate
+from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.pytorch.callbacks import LambdaCallback
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from text_ldm.utils.checkpoint_io import AtomicCheckpointIO, load_checkpoint
-from text_ldm.utils.instantiate import instantiate_callbacks, instantiate_loggers, without_logger_only_callbacks
+from text_ldm.utils.instantiate import (check_loggers, instantiate_callbacks, instantiate_loggers,
+                                       without_logger_only_callbacks)
 
 
 # The frozen text encoder and autoencoder are in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+# Lightning's own pytree helper uses torch's deprecated LeafSpec: nothing a user of train.py can act on.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+
+
+class _DropLitLoggerTip(logging.Filter):
+    """Lightning advertises its cloud logger on every run that uses another one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("💡 Tip: For seamless cloud logging")
+
+
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_DropLitLoggerTip())
 
 
 def describe_batch(cfg: DictConfig, trainer: L.Trainer) -> str:
@@ -28,6 +45,24 @@ def describe_batch(cfg: DictConfig, trainer: L.Trainer) -> str:
     lr = OmegaConf.select(cfg, "model.optimizer.lr")
     return (f"batch: {per_device} per device x {trainer.world_size} device(s) x {accumulate} accumulation "
             f"= {effective} effective; lr {lr} as configured (no automatic LR scaling)")
+
+
+def oversubscription_hint(processes: int, threads: int, cores: int) -> str | None:
+    """A line for CPU training whose processes x threads exceed the cores: each thread then waits for a core,
+    and a step slows down instead of speeding up. None when they fit."""
+    if processes * threads <= cores:
+        return None
+    return (f"hint: {processes} CPU process{'es' if processes > 1 else ''} x {threads} threads on {cores} cores "
+            f"oversubscribe them; set num_threads={max(1, cores // processes)}")
+
+
+def _hint_cpu_threads(trainer: L.Trainer, *_) -> None:
+    # At train start: the threads are final there (Lightning's launcher may have set them for its processes).
+    if isinstance(trainer.accelerator, CPUAccelerator):
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        hint = oversubscription_hint(trainer.num_devices, torch.get_num_threads(), cores)
+        if hint:
+            rank_zero_info(hint)
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
@@ -98,6 +133,7 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit cfg.model on cfg.data. Returns the final callback metrics as floats."""
     ckpt_path = resolve_ckpt_path(cfg)
+    check_loggers(cfg.get("logger"))
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
     if cfg.get("seed") is not None:
@@ -108,6 +144,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     if not loggers:
         callbacks = without_logger_only_callbacks(callbacks)
+    callbacks.append(LambdaCallback(on_train_start=_hint_cpu_threads))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                      plugins=[AtomicCheckpointIO()])
     # Before fit: callbacks (EMA) copy the module in their setup, and must copy the cast one.
