@@ -1,7 +1,6 @@
 """Classifier-free guidance: how the unconditional and conditional noise predictions are combined."""
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,27 +24,18 @@ class Guidance:
     interval: tuple[float, float] | None = None
 
     def __post_init__(self):
-        problems = self.problems(self.scale, self.rescale, self.interval)
+        problems = guidance_problems(self.scale, self.rescale, self.interval)
         if problems:
             raise ValueError("; ".join(problems))
         if self.interval is not None:
             object.__setattr__(self, "interval", (float(self.interval[0]), float(self.interval[1])))
 
-    @staticmethod
-    def problems(scale: float, rescale: float, interval: Sequence[float] | None) -> list[str]:
-        """What is wrong with these settings, as messages that name the config keys (empty: fine)."""
-        return guidance_problems(scale, rescale, interval)
-
-    @staticmethod
-    def _cfg_values(cfg) -> tuple[float, float, Sequence[float] | None]:
-        return cfg.guidance_scale, cfg.get("guidance_rescale", 0.0) or 0.0, cfg.get("guidance_interval")
-
     @classmethod
     def from_cfg(cls, cfg, scale: float | None = None) -> "Guidance":
         """From a sample.py / evaluate.py config: guidance_scale (or `scale`, the resolved one when the
         config leaves it null), guidance_rescale, guidance_interval."""
-        given, rescale, interval = cls._cfg_values(cfg)
-        scale = given if scale is None else scale
+        scale = cfg.guidance_scale if scale is None else scale
+        rescale, interval = cfg.get("guidance_rescale", 0.0) or 0.0, cfg.get("guidance_interval")
         return cls(float(scale), float(rescale), None if interval is None else tuple(interval))
 
     @property
