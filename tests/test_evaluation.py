@@ -11,7 +11,7 @@ from text_ldm.data.celeba_layout import CelebALayout, read_attributes
 from text_ldm.data.toy_faces import ATTRIBUTES, HAIR_COLOURS
 from text_ldm.evaluation import attribute_classifier as ac
 from text_ldm.evaluation import image_metrics
-from text_ldm.evaluation.fidelity import accuracy_vs_targets, majority_floor, majority_values
+from text_ldm.evaluation.fidelity import accuracy_by_target, accuracy_vs_targets, majority_floor, majority_values
 from text_ldm.evaluation.prompts import build_prompts, generic_prompt, toy_prompt, twin_prompts
 
 TINY_CLF = ac.ClassifierConfig(epochs=1, batch_size=16, width=4)
@@ -137,6 +137,17 @@ def test_majority_floor_on_a_hand_made_table():
     assert accuracy_vs_targets(pred, [{"A": True}] * 4, names) == {"A": 1.0, "B": None, "mean": 1.0}
 
 
+def test_accuracy_by_target_splits_what_the_prompt_says():
+    """A model that always draws A scores 100 % where prompts say A and 0 % where they say not A."""
+    names = ["A", "B"]
+    pred = torch.tensor([[True, False], [True, True], [True, False]])
+    targets = [{"A": True, "B": False}, {"A": False}, {"A": False, "B": True}]
+    split = accuracy_by_target(pred, targets, names)
+    assert split["A"] == {"yes": 1.0, "no": 0.0}
+    assert split["B"] == {"yes": 0.0, "no": 1.0}
+    assert accuracy_by_target(pred, [{"A": True}] * 3, names)["B"] == {"yes": None, "no": None}
+
+
 def test_fid_fallback_is_named_and_never_called_fid(monkeypatch):
     monkeypatch.setattr(image_metrics, "inception_available", lambda: (False, "torch-fidelity is not installed"))
     torch.manual_seed(0)
@@ -188,6 +199,10 @@ def test_evaluate_end_to_end(train_cfg, tmp_path, toy_root, capsys):
     acc = saved["attribute_accuracy"]
     assert gap == pytest.approx(acc["ceiling"]["mean"] - acc["reconstructions"]["mean"])
     assert all("mean" in col for col in saved["attribute_accuracy"].values())
+    said = {name: {v for p in saved["prompts"] for n, v in p["targets"].items() if n == name}
+            for name in saved["attributes"]}
+    assert {name: {v for v, key in ((True, "yes"), (False, "no")) if split[key] is not None}
+            for name, split in saved["samples_by_target"].items()} == said
     assert saved["feature_extractor"] == "attr-clf" and saved["clip_score"] is None
     assert len(list((out / "samples").glob("*.png"))) == 2 and len(list((out / "empty_prompt").glob("*.png"))) == 2
     printed = capsys.readouterr().out

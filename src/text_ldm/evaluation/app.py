@@ -16,7 +16,8 @@ from text_ldm.data.celeba_layout import CelebALayout, read_attributes
 from text_ldm.evaluation import checks
 from text_ldm.evaluation.attribute_classifier import (FEATURE_NAME, ClassifierConfig, ClassifierFeatures,
                                                       get_classifier, load_images, predict)
-from text_ldm.evaluation.fidelity import accuracy_vs_targets, format_table, majority_floor, majority_values
+from text_ldm.evaluation.fidelity import (accuracy_by_target, accuracy_vs_targets, format_by_target, format_table,
+                                         majority_floor, majority_values)
 from text_ldm.evaluation.image_metrics import clip_score, fid_kid
 from text_ldm.evaluation.prompts import build_prompts
 from text_ldm.evaluation.reconstruction import reconstruction_fidelity
@@ -105,8 +106,10 @@ def evaluate(cfg: DictConfig) -> dict:
                            "prompted", eta)
     _save_pngs(samples, out_dir / "samples", files)
     fake = to_uint8(samples, size)
+    fake_predictions = predict(classifier, fake)
     scores = {"ceiling": ceiling, "prompt_rows": prompt_rows, "reconstructions": recon["reconstructed"],
-              "samples": accuracy_vs_targets(predict(classifier, fake), targets, names)}
+              "samples": accuracy_vs_targets(fake_predictions, targets, names)}
+    by_target = accuracy_by_target(fake_predictions, targets, names)
     # The floor samples as many images again (a third of the run); sweeps that compare checkpoints skip it.
     if cfg.get("empty_prompt_floor", True):
         empty = sample_images(model, sampler, [""] * len(texts), seeds, steps, guidance,
@@ -122,6 +125,7 @@ def evaluate(cfg: DictConfig) -> dict:
     print(f"\nattribute accuracy (%), {len(prompts)} prompts x {k} images ({phrasing} phrasing), {sampler} {steps} steps"
           f"{f' eta {eta:g}' if eta else ''}, "
           f"guidance {guidance.describe()}, seed {seed}; '—' = no prompt states it\n{table}\n")
+    print(f"samples where the prompt says yes / no (%): {format_by_target(by_target)}")
     print(f"autoencoder reconstruction gap (ceiling - reconstructions, mean accuracy): {recon['gap']['mean']:+.4f}")
     print(dist["line"])
     print(f"CLIP score ({cfg.clip_model}): {clip_value:.3f}" if clip_value is not None else clip_reason)
@@ -131,7 +135,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "image_size": size,
         "n_prompts": len(prompts), "num_images_per_prompt": k, "phrasing": phrasing, "sampler": sampler, "steps": steps, "eta": eta if has_eta else None,
         **guidance.as_dict(), "seed": seed, "use_ema": bool(cfg.use_ema), "attributes": list(names),
-        "attribute_accuracy": scores, "reconstruction_gap": recon["gap"],
+        "attribute_accuracy": scores, "samples_by_target": by_target, "reconstruction_gap": recon["gap"],
         "classifier": {"path": str(clf_path), "config": dataclasses.asdict(clf_config), "num_train": len(train_ids),
                        "num_test": len(test_ids)},
         "image_metrics": {key: dist[key] for key in ("feature_extractor", "fd_label", "kd_label", "fd", "kd_mean",

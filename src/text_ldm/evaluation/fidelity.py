@@ -28,6 +28,25 @@ def accuracy_vs_targets(predictions: torch.Tensor, targets: Sequence[Mapping[str
     return _with_mean(per_attr)
 
 
+def accuracy_by_target(predictions: torch.Tensor, targets: Sequence[Mapping[str, bool]],
+                       names: Sequence[str]) -> dict[str, dict[str, float | None]]:
+    """`accuracy_vs_targets` split by what the prompt says: {name: {"yes": ..., "no": ...}}, so a clause
+    whose negation is ignored ("wears no lipstick" drawn with lipstick) shows apart from its positive."""
+    split = {}
+    for said, key in ((True, "yes"), (False, "no")):
+        chosen = [i for i, t in enumerate(targets) if any(v == said for v in t.values())]
+        said_only = [{n: v for n, v in targets[i].items() if v == said} for i in chosen]
+        scores = accuracy_vs_targets(predictions[chosen], said_only, names) if chosen else {n: None for n in names}
+        for name in names:
+            split.setdefault(name, {})[key] = scores[name]
+    return split
+
+
+def format_by_target(split: Mapping[str, Mapping[str, float | None]]) -> str:
+    """One line: each attribute's accuracy where the prompt says yes / no (%)."""
+    return ", ".join(f"{name} {_cell(s['yes']).strip()} / {_cell(s['no']).strip()}" for name, s in split.items())
+
+
 def majority_values(names: Sequence[str], rows: Mapping[str, Mapping[str, bool]],
                     train_ids: Sequence[str]) -> dict[str, bool]:
     """Each attribute's most frequent value over the training rows (ties -> False)."""
