@@ -59,15 +59,20 @@ def train(name: str, seed: int, steps: int, every: int, out: Path) -> tuple[floa
     return seconds, [(int(p.stem[4:]), p) for p in ckpts]
 
 
-def score(ckpt: Path, n_prompts: int, phrasing: str) -> dict[str, float]:
-    """evaluate.py's attribute accuracy for one checkpoint (cached beside it)."""
+def evaluation(ckpt: Path, n_prompts: int, phrasing: str) -> dict:
+    """evaluate.py's metrics.json for one checkpoint (cached beside it)."""
     out = ckpt.with_suffix(f".eval-{phrasing}-{n_prompts}")
     metrics = out / "metrics.json"
     if not metrics.is_file():
         subprocess.run([sys.executable, "evaluate.py", f"ckpt={ckpt}", f"n_prompts={n_prompts}",
                         "empty_prompt_floor=false", f"phrasing={phrasing}", f"out_dir={out}", f"hydra.run.dir={out}"],
                        cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    return json.loads(metrics.read_text())["attribute_accuracy"]["samples"]
+    return json.loads(metrics.read_text())
+
+
+def score(ckpt: Path, n_prompts: int, phrasing: str) -> dict[str, float]:
+    """The samples' attribute accuracy (attribute -> fraction, plus "mean")."""
+    return evaluation(ckpt, n_prompts, phrasing)["attribute_accuracy"]["samples"]
 
 
 def first_reaching(curve: list[tuple[int, float]], threshold: float) -> int | None:
