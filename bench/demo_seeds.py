@@ -42,7 +42,7 @@ def main() -> None:
 
     rows, attributes = [], []
     for seed in args.seeds:
-        _, ckpts = train("flow", seed, args.steps, args.steps, args.out)
+        _, ckpts = train("flow", seed, args.steps, 250, args.out)  # time_to_fidelity.py --out reuses the 250-step checkpoints
         last = max(ckpts)[1]
         for phrasing in ("templates", "free"):
             cells, attributes = row(seed, phrasing, evaluation(last, args.n_prompts, phrasing))
