@@ -106,6 +106,15 @@ def test_budget_shortens_the_run_and_the_schedule_ends_with_it(tmp_path, toy_roo
     assert "budget off: the saved plan of 3 epochs no longer holds" in caplog.text
 
 
+def test_a_run_that_max_steps_ends_inside_the_budget_is_not_called_short(tmp_path, toy_root, tiny_vq_dir, caplog):
+    """`experiment=demo`'s shape: 30 s hold 12 steps, but max_steps=10 ends the run first; it ran its whole length."""
+    with caplog.at_level("INFO"):
+        train(_budget_cfg(tmp_path, toy_root, tiny_vq_dir, "capped", "trainer.max_steps=10"))
+    step, schedule_end, last_lr, _ = _end_state(tmp_path / "capped" / "checkpoints" / "last.ckpt")
+    assert (step, schedule_end, last_lr) == (10, 10, 0.0)
+    assert "(10 steps)" in caplog.text and "trains them all" not in caplog.text
+
+
 def test_the_plan_may_end_mid_epoch_and_a_resumed_run_stops_there(tmp_path, toy_root, tiny_vq_dir, caplog):
     # 36 s: after epoch 0 (10 s, 4 steps) 26 s hold 10 more steps, so the run ends 2 steps into epoch 3
     with caplog.at_level("INFO"):

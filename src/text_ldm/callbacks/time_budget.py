@@ -138,9 +138,7 @@ class TrainingTimeBudget(Callback):
         seconds, steps = map(sum, zip(*self.recent))
         step_s = seconds / max(steps, 1)
         more = max(0, math.floor(self._seconds_left() / step_s)) if step_s > 0 else 0
-        last_step = min(self._configured_epochs * steps_per_epoch, step + more)
-        if trainer.max_steps > 0:
-            last_step = min(last_step, trainer.max_steps)
+        last_step = min(self._full_steps(trainer), step + more)
         last_step = trainer.strategy.broadcast(max(step, last_step), src=0)
         if last_step == self.planned_steps:
             return
@@ -152,6 +150,11 @@ class TrainingTimeBudget(Callback):
             f"{self._label()}: {self.used_s:.0f} s used, about {step_s * steps_per_epoch:.0f} s "
             f"an epoch -> {last_step / steps_per_epoch:.3g} of {self._configured_epochs} epochs ({last_step} steps)"
             + (f"; the LR schedule now ends at step {last_step}" if replanned else ""))
+
+    def _full_steps(self, trainer: L.Trainer) -> int:
+        """The run's length without the budget: its configured epochs, or `trainer.max_steps` where that ends first."""
+        steps = self._configured_epochs * _steps_per_epoch(trainer)
+        return min(steps, trainer.max_steps) if trainer.max_steps > 0 else steps
 
     def _label(self) -> str:
         ends = "" if self.ends_by is None else time.strftime(", ends by %H:%M:%S", time.localtime(self.ends_by))
@@ -166,8 +169,7 @@ class TrainingTimeBudget(Callback):
         return left - self.validation_s
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.budget_s is not None and self.planned_steps is not None \
-                and self.planned_steps < self._configured_epochs * _steps_per_epoch(trainer):
+        if self.budget_s is not None and self.planned_steps is not None and self.planned_steps < self._full_steps(trainer):
             rank_zero_info(f"{self._label()}: trained {trainer.global_step} steps "
                            f"({trainer.global_step / _steps_per_epoch(trainer):.3g} of the {self._configured_epochs} "
                            f"epochs) in {self.used_s:.0f} s; callbacks.time_budget.minutes=null trains them all")
