@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 
 from text_ldm.data import toy_faces
-from text_ldm.evaluation import prompts
-from text_ldm.utils.pretrained import resolve_pretrained
 from text_ldm.data.celeba_layout import CelebALayout, DatasetLayoutError, read_attributes, read_captions
 from text_ldm.data.toy_faces import (
     ATTRIBUTES,
@@ -21,6 +19,8 @@ from text_ldm.data.toy_faces import (
     render_face,
     sample_attributes,
 )
+from text_ldm.evaluation import prompts
+from text_ldm.utils.pretrained import resolve_pretrained
 
 SMALL = dict(num_train=24, num_test=8, image_size=64, progress=False)
 
