@@ -18,15 +18,17 @@ from pathlib import Path
 from time_to_fidelity import ROOT, evaluation, train
 
 MEAN_FLOOR, ATTRIBUTE_FLOOR = 0.95, 0.85
-NEGATIONS = {"Wearing_Lipstick": "no lipstick", "No_Beard": "no beard"}  # No_Beard "yes" is "has no beard"
+
+
+def pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}"
 
 
 def row(seed: int, phrasing: str, metrics: dict) -> tuple[list[str], list[str]]:
     samples, split = metrics["attribute_accuracy"]["samples"], metrics["samples_by_target"]
     attributes = [name for name in metrics["attributes"] if samples[name] is not None]
-    negations = [split["Wearing_Lipstick"]["no"], split["No_Beard"]["yes"]]
+    negations = [split["Wearing_Lipstick"]["no"], split["No_Beard"]["yes"]]  # No_Beard "yes" is "has no beard"
     holds = samples["mean"] >= MEAN_FLOOR and all(samples[name] >= ATTRIBUTE_FLOOR for name in attributes)
-    pct = lambda v: "—" if v is None else f"{100 * v:.1f}"  # noqa: E731
     return [str(seed), phrasing, pct(samples["mean"]), *(pct(samples[name]) for name in attributes),
             *(pct(v) for v in negations), "yes" if holds else "**no**"], attributes
 
@@ -47,8 +49,7 @@ def main() -> None:
         for phrasing in ("templates", "free"):
             cells, attributes = row(seed, phrasing, evaluation(last, args.n_prompts, phrasing))
             rows.append(cells)
-    header = ["seed", "phrasing", "mean", *attributes, f'"{NEGATIONS["Wearing_Lipstick"]}"',
-              f'"{NEGATIONS["No_Beard"]}"', "floors met"]
+    header = ["seed", "phrasing", "mean", *attributes, '"no lipstick"', '"no beard"', "floors met"]
     print(f"\n`experiment=demo`, {args.steps} steps, {args.n_prompts} held-out prompts a phrasing, attribute accuracy (%)")
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for cells in rows:
