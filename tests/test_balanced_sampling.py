@@ -25,13 +25,18 @@ def test_power_one_draws_every_combination_equally_and_zero_keeps_the_data():
     half = combination_shares(ROWS, ["A", "B"], attribute_balance_weights(ROWS, ["A", "B"], 0.5))
     root = {c: np.sqrt(d) for c, (d, _) in half.items()}
     assert all(drawn == pytest.approx(root[c] / sum(root.values())) for c, (_, drawn) in half.items())
+    # above 1 the order flips: the rarest combination is drawn most, in proportion to share ** (1 - power)
+    over = combination_shares(ROWS, ["A", "B"], attribute_balance_weights(ROWS, ["A", "B"], 1.5))
+    inverse_root = {c: d ** -0.5 for c, (d, _) in over.items()}
+    assert all(drawn == pytest.approx(inverse_root[c] / sum(inverse_root.values())) for c, (_, drawn) in over.items())
+    assert over[(False, False)][1] > over[(True, False)][1] > over[(True, True)][1]
 
 
 def test_bad_balance_settings_are_named():
     with pytest.raises(ValueError, match="unknown \\['C'\\]"):
         attribute_balance_weights(ROWS, ["A", "C"])
     with pytest.raises(ValueError, match="balance_power"):
-        attribute_balance_weights(ROWS, ["A"], 1.5)
+        attribute_balance_weights(ROWS, ["A"], -0.5)
     with pytest.raises(ValueError, match="at least one"):
         attribute_balance_weights(ROWS, [])
     with pytest.raises(ValueError, match="non-negative"):
@@ -71,7 +76,7 @@ def test_balance_config_reads_names_or_groups_and_names_its_mistakes():
     with pytest.raises(ValueError, match="2 powers for 1 attribute groups"):
         balance_groups(["A", "B"], [1.0, 0.5])
     with pytest.raises(ValueError, match="balance_power"):
-        balance_groups([["A"], ["B"]], [1.0, 2.0])
+        balance_groups([["A"], ["B"]], [1.0, -1.0])
 
 
 def _epoch(sampler: ResumableSampler, epoch: int) -> list[int]:

@@ -23,7 +23,8 @@ PROMPT = "She has blond hair and wears eyeglasses."
 def ckpt(tmp_path_factory, toy_root, tiny_vq_dir):
     tmp = tmp_path_factory.mktemp("flow")
     overrides = tiny_train_overrides(tmp, toy_root, tiny_vq_dir) + [FLOW, "model.timestep_sampling.kind=logit_normal",
-                                                                     "model.sampling.guidance_scale=5.0"]
+                                                                     "model.sampling.guidance_scale=5.0",
+                                                                     "model.sampling.guidance_interval=[0,600]"]
     train(compose_config("train", overrides))
     return tmp / "run" / "checkpoints" / "last.ckpt"
 
@@ -63,6 +64,8 @@ def test_snr_gamma_and_a_ddpm_sampler_are_refused_for_flow_matching(tmp_path, to
     with pytest.raises(Exception, match="sampler='ddim' is not for this flow-matching model; choose one of "
                                         r"\['flow_dpmpp_2m', 'flow_euler', 'flow_heun'\]"):
         _module(tmp_path, toy_root, tiny_vq_dir, FLOW, "model.sampling.sampler=ddim")
+    with pytest.raises(Exception, match=r"model.sampling: guidance_interval=\[600, 0\] must be \[t_lo, t_hi\]"):
+        _module(tmp_path, toy_root, tiny_vq_dir, FLOW, "model.sampling.guidance_interval=[600,0]")
     epsilon = _module(tmp_path, toy_root, tiny_vq_dir)
     with pytest.raises(ValueError, match="sampler='flow_euler' is not for this epsilon / v-prediction model"):
         make_sampler("flow_euler", epsilon.noise_scheduler.config)
@@ -72,7 +75,8 @@ def test_checkpoint_carries_the_flow_scheduler_and_the_recommended_sampling(ckpt
     entry = torch.load(ckpt, map_location="cpu", weights_only=True)["components"]
     assert entry["noise_scheduler"]["_class_name"] == "FlowMatchEulerDiscreteScheduler"
     assert entry["noise_scheduler"]["shift"] == 1.0
-    assert entry["sampling"] == {"sampler": "flow_euler", "steps": 3, "guidance_scale": 5.0}
+    assert entry["sampling"] == {"sampler": "flow_euler", "steps": 3, "guidance_scale": 5.0,
+                                 "guidance_interval": [0.0, 600.0]}
     assert isinstance(model.noise_scheduler, FlowMatchEulerDiscreteScheduler)
     assert model.objective == "flow_matching" and model.sampling == entry["sampling"]
 
@@ -139,8 +143,15 @@ def test_sample_py_at_its_defaults_uses_the_flow_checkpoints_sampling_and_refuse
 
     base = [f"ckpt={ckpt}", f"out_dir={tmp_path}", "num_images_per_prompt=1", f"prompt={PROMPT}"]
     run(compose_config("sample", base))
-    assert "sampling: sampler=flow_euler (checkpoint), steps=3 (checkpoint), guidance_scale=5.0 (checkpoint)" \
-        in capsys.readouterr().out
+    assert "sampling: sampler=flow_euler (checkpoint), steps=3 (checkpoint), guidance_scale=5.0 (checkpoint), " \
+           "guidance_interval=[0, 600] (checkpoint)" in capsys.readouterr().out
+    defaults = (tmp_path / "0000_00.png").read_bytes()
+    for name, interval in (("same", "[0,600]"), ("every_step", "[0,1000]")):
+        run(compose_config("sample", base + [f"out_dir={tmp_path / name}", f"guidance_interval={interval}"]))
+    out = capsys.readouterr().out  # the user's intervals, without "(checkpoint)"
+    assert "guidance_interval=[0, 600]\n" in out and "guidance_interval=[0, 1000]\n" in out
+    assert (tmp_path / "same" / "0000_00.png").read_bytes() == defaults
+    assert (tmp_path / "every_step" / "0000_00.png").read_bytes() != defaults
     run(compose_config("sample", base + ["sampler=flow_heun", "trajectory_every=1", "save_trajectory=true"]))
     assert (tmp_path / "0000_00_trajectory.png").is_file()
     with pytest.raises(ValueError, match="sampler='ddim' is not for this flow-matching model"):

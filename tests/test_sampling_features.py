@@ -104,8 +104,8 @@ def test_img2img_records_the_steps_that_ran(tmp_path, ckpt, face):
 def test_defaults_come_from_the_checkpoint_and_are_printed(tmp_path, ckpt, capsys):
     cfg = compose_config("sample", [f"ckpt={ckpt}", f"out_dir={tmp_path}", "num_images_per_prompt=1", f"prompt={PROMPT}"])
     run(cfg)
-    assert "sampling: sampler=ddim (checkpoint), steps=3 (checkpoint), guidance_scale=3.0 (checkpoint)" \
-        in capsys.readouterr().out
+    assert "sampling: sampler=ddim (checkpoint), steps=3 (checkpoint), guidance_scale=3.0 (checkpoint), " \
+           "guidance_interval=every step (checkpoint)" in capsys.readouterr().out
     assert {k: _records(tmp_path)[0][k] for k in ("sampler", "steps", "guidance_scale")} == \
         {"sampler": "ddim", "steps": 3, "guidance_scale": 3.0}
     run(compose_config("sample", [f"ckpt={ckpt}", f"out_dir={tmp_path}", "num_images_per_prompt=1",

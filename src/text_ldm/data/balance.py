@@ -14,8 +14,9 @@ import numpy as np
 
 
 def check_balance_power(power: float) -> float:
-    if not 0.0 <= power <= 1.0:
-        raise ValueError(f"data.balance_power={power} must be in [0, 1] (0: data frequencies, 1: all equal)")
+    if not power >= 0.0:
+        raise ValueError(f"data.balance_power={power} must be >= 0 (0: data frequencies, 1: all equal, "
+                         "above 1: the rarer combinations drawn more often than the common ones)")
     return float(power)
 
 
@@ -55,7 +56,8 @@ def attribute_balance_weights(rows: Sequence[Mapping[str, bool]], attributes: Se
     """(N,) float64 weights, row i's = (share of rows with row i's combination of `attributes`) ** -power.
 
     Under these weights a combination with share p is drawn in proportion to p ** (1 - power):
-    power 1 draws every combination that occurs equally often, 0 keeps the data's frequencies.
+    power 1 draws every combination that occurs equally often, 0 keeps the data's frequencies, and above 1
+    the rarer a combination, the more often it is drawn.
     """
     power = check_balance_power(power)
     combos = attribute_combinations(rows, attributes)

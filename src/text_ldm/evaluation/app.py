@@ -91,7 +91,7 @@ def evaluate(cfg: DictConfig) -> dict:
     model = DiffusionComponents.from_checkpoint(cfg.ckpt, use_ema=bool(cfg.use_ema),
                                                 vae_pretrained=cfg.get("vae_pretrained")).to(device)
     settings = sampling_settings(cfg, model)
-    sampler, steps, guidance = settings["sampler"], settings["steps"], Guidance.from_cfg(cfg, settings["guidance_scale"])
+    sampler, steps, guidance = settings["sampler"], settings["steps"], Guidance.from_settings(cfg, settings)
     eta = float(cfg.get("eta", 0.0))  # a sampler without eta refuses eta > 0 in its first step
     has_eta = takes_eta(make_sampler(sampler, model.noise_scheduler.config))
     # The autoencoder bounds every sample: score its reconstructions of the same real test images.

@@ -11,6 +11,7 @@ from diffusers.training_utils import compute_density_for_timestep_sampling, comp
 from lightning.pytorch.utilities import rank_zero_warn
 
 from text_ldm.models.components import CHECKPOINT_KEY, DiffusionComponents
+from text_ldm.sampling.checks import guidance_problems
 from text_ldm.sampling.pipeline import generate
 from text_ldm.sampling.schedulers import make_sampler, recommended_sampling
 from text_ldm.utils.checkpoint_io import check_state_matches, config_changes
@@ -54,7 +55,10 @@ class LatentDiffusion(L.LightningModule):
         if objective == "flow_matching" and snr_gamma is not None:
             raise ValueError("model.snr_gamma weights epsilon / v-prediction losses by SNR; flow matching weights "
                              "by its timestep sampling: set model.snr_gamma=null")
-        self.sampling = recommended_sampling(objective, plain(sampling))
+        sampling = plain(sampling) or {}
+        if problems := guidance_problems(sampling.get("guidance_scale"), 0.0, sampling.get("guidance_interval")):
+            raise ValueError("model.sampling: " + "; ".join(problems))
+        self.sampling = recommended_sampling(objective, sampling)
         self.components = DiffusionComponents.build(unet, text_encoder, autoencoder, noise_scheduler, image_size,
                                                     objective, flow_scheduler, self.sampling)
         make_sampler(self.sampling["sampler"], self.components.noise_scheduler.config)  # refuse a mismatch now
@@ -194,7 +198,8 @@ class LatentDiffusion(L.LightningModule):
         p = self.sampling
         sampler = make_sampler(p["sampler"], self.noise_scheduler.config)
         images = generate(self.unet, sampler, self.text_encoder, self.autoencoder, prompts, list(range(len(prompts))),
-                          self.latent_shape, steps=p["steps"], guidance_scale=p["guidance_scale"])
+                          self.latent_shape, steps=p["steps"], guidance_scale=p["guidance_scale"],
+                          guidance_interval=p["guidance_interval"])
         return {"samples": images}
 
     # The frozen parts come from their own pretrained sources; keeping them out of checkpoints

@@ -46,9 +46,10 @@ def _load_model(cfg: DictConfig, device: str) -> DiffusionComponents:
 
 
 def sampling_settings(cfg: DictConfig, model: DiffusionComponents) -> dict:
-    """{"sampler", "steps", "guidance_scale"}: the command line's, else the checkpoint's; says which."""
+    """{"sampler", "steps", "guidance_scale", "guidance_interval"}: the command line's, else the
+    checkpoint's; says which."""
     settings, line = resolve_sampling(model.objective, model.sampling, cfg.get("sampler"), cfg.get("steps"),
-                                      cfg.get("guidance_scale"))
+                                      cfg.get("guidance_scale"), cfg.get("guidance_interval"))
     print(line)
     return settings
 
@@ -91,7 +92,7 @@ def sample(cfg: DictConfig, prompts: list[str] | None = None) -> Path:
     model = _load_model(cfg, device)
     settings = sampling_settings(cfg, model)
     sampler_name, steps, eta = settings["sampler"], settings["steps"], float(cfg.get("eta", 0.0))
-    guidance = Guidance.from_cfg(cfg, scale=settings["guidance_scale"])
+    guidance = Guidance.from_settings(cfg, settings)
     # What each record states: eta only where the sampler has one, img2img's steps as run.
     stated = {"eta": eta} if takes_eta(make_sampler(sampler_name, model.noise_scheduler.config)) else {}
     stated |= {"steps": steps - start_step(steps, strength), "schedule_steps": steps} if init_image else {"steps": steps}

@@ -34,7 +34,7 @@ def guidance_problems(scale, rescale, interval) -> list[str]:
         numeric = all(isinstance(b, numbers.Real) and not isinstance(b, bool) for b in bounds)
         if len(bounds) != 2 or not numeric or not 0 <= float(bounds[0]) <= float(bounds[1]):
             found.append(f"guidance_interval={bounds} must be [t_lo, t_hi] with 0 <= t_lo <= t_hi "
-                         "(training timesteps, 0 = clean), or null for every step")
+                         "(training timesteps, 0 = clean), or null")
     return found
 
 

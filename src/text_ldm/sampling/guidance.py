@@ -31,12 +31,12 @@ class Guidance:
             object.__setattr__(self, "interval", (float(self.interval[0]), float(self.interval[1])))
 
     @classmethod
-    def from_cfg(cls, cfg, scale: float | None = None) -> "Guidance":
-        """From a sample.py / evaluate.py config: guidance_scale (or `scale`, the resolved one when the
-        config leaves it null), guidance_rescale, guidance_interval."""
-        scale = cfg.guidance_scale if scale is None else scale
-        rescale, interval = cfg.get("guidance_rescale", 0.0) or 0.0, cfg.get("guidance_interval")
-        return cls(float(scale), float(rescale), None if interval is None else tuple(interval))
+    def from_settings(cls, cfg, settings: dict) -> "Guidance":
+        """From resolve_sampling's settings (the scale and interval, the user's or the checkpoint's) and a
+        sample.py / evaluate.py config's guidance_rescale."""
+        interval = settings.get("guidance_interval")
+        return cls(float(settings["guidance_scale"]), float(cfg.get("guidance_rescale", 0.0) or 0.0),
+                   None if interval is None else tuple(interval))
 
     @property
     def enabled(self) -> bool:

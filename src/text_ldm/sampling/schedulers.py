@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import diffusers
@@ -61,13 +61,16 @@ def make_sampler(name: str, train_scheduler_config: Mapping[str, Any], **overrid
 
 
 def recommended_sampling(objective: str, sampling: Mapping[str, Any] | None) -> dict[str, Any]:
-    """{"sampler", "steps", "guidance_scale"}: nulls become the objective's default sampler (DDIM, or
-    Euler for flow matching), that sampler's default steps, and guidance 3. A checkpoint saved without
-    them gets exactly that: the settings sample.py used before checkpoints carried any."""
+    """{"sampler", "steps", "guidance_scale", "guidance_interval"}: nulls become the objective's default
+    sampler (DDIM, or Euler for flow matching), that sampler's default steps, guidance 3 and guidance at
+    every step (interval None). A checkpoint saved without them gets exactly that: the settings sample.py
+    used before checkpoints carried any."""
     given = {k: v for k, v in (sampling or {}).items() if v is not None}
     name = str(given.get("sampler", "flow_euler" if objective == "flow_matching" else "ddim"))
+    interval = given.get("guidance_interval")
     return {"sampler": name, "steps": int(given.get("steps", default_steps(name))),
-            "guidance_scale": float(given.get("guidance_scale", 3.0))}
+            "guidance_scale": float(given.get("guidance_scale", 3.0)),
+            "guidance_interval": None if interval is None else [float(b) for b in interval]}
 
 
 def takes_eta(scheduler: SchedulerMixin) -> bool:
@@ -75,13 +78,17 @@ def takes_eta(scheduler: SchedulerMixin) -> bool:
 
 
 def resolve_sampling(objective: str, recommended: Mapping[str, Any] | None, sampler: str | None = None,
-                     steps: int | None = None, guidance_scale: float | None = None) -> tuple[dict[str, Any], str]:
-    """What sample.py / evaluate.py run: each of sampler, steps and guidance_scale as the user gave it,
-    else the checkpoint's recommendation (steps: the recommended ones only for the recommended sampler,
-    otherwise the chosen sampler's default). Returns (the settings, a line saying where each came from)."""
+                     steps: int | None = None, guidance_scale: float | None = None,
+                     guidance_interval: Sequence[float] | None = None) -> tuple[dict[str, Any], str]:
+    """What sample.py / evaluate.py run: each of sampler, steps, guidance_scale and guidance_interval as
+    the user gave it, else the checkpoint's recommendation (steps: the recommended ones only for the
+    recommended sampler, otherwise the chosen sampler's default). Returns (the settings, a line saying
+    where each came from)."""
     rec = recommended_sampling(objective, recommended)
     chosen = {"sampler": sampler or rec["sampler"],
-              "guidance_scale": float(guidance_scale if guidance_scale is not None else rec["guidance_scale"])}
+              "guidance_scale": float(guidance_scale if guidance_scale is not None else rec["guidance_scale"]),
+              "guidance_interval": rec["guidance_interval"] if guidance_interval is None
+              else [float(b) for b in guidance_interval]}
     if steps is not None:
         chosen["steps"] = int(steps)
     else:
@@ -89,5 +96,8 @@ def resolve_sampling(objective: str, recommended: Mapping[str, Any] | None, samp
     source = {"sampler": "" if sampler else " (checkpoint)",
               "steps": "" if steps is not None else (" (checkpoint)" if chosen["sampler"] == rec["sampler"]
                                                     else " (sampler default)"),
-              "guidance_scale": "" if guidance_scale is not None else " (checkpoint)"}
-    return chosen, "sampling: " + ", ".join(f"{key}={chosen[key]}{source[key]}" for key in source)
+              "guidance_scale": "" if guidance_scale is not None else " (checkpoint)",
+              "guidance_interval": "" if guidance_interval is not None else " (checkpoint)"}
+    shown = dict(chosen, guidance_interval="every step" if chosen["guidance_interval"] is None
+                 else "[{:g}, {:g}]".format(*chosen["guidance_interval"]))
+    return chosen, "sampling: " + ", ".join(f"{key}={shown[key]}{source[key]}" for key in source)
