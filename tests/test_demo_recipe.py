@@ -44,6 +44,7 @@ def test_make_demo_ends_training_before_its_minutes_are_up(tmp_path):
 def _no_cross_attention(unet_cfg: dict, pooled: bool) -> dict:
     cfg = dict(unet_cfg, block_out_channels=[32, 32], down_block_types=["DownBlock2D"] * 2,
                up_block_types=["UpBlock2D"] * 2, mid_block_type="UNetMidBlock2D")
+    cfg.pop("only_cross_attention", None)
     if not pooled:
         cfg.pop("addition_embed_type"), cfg.pop("addition_embed_type_num_heads")
     return cfg
