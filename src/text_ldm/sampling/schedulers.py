@@ -67,10 +67,14 @@ def recommended_sampling(objective: str, sampling: Mapping[str, Any] | None) -> 
     used before checkpoints carried any."""
     given = {k: v for k, v in (sampling or {}).items() if v is not None}
     name = str(given.get("sampler", "flow_euler" if objective == "flow_matching" else "ddim"))
-    interval = given.get("guidance_interval")
     return {"sampler": name, "steps": int(given.get("steps", default_steps(name))),
             "guidance_scale": float(given.get("guidance_scale", 3.0)),
-            "guidance_interval": None if interval is None else [float(b) for b in interval]}
+            "guidance_interval": _interval(given.get("guidance_interval"))}
+
+
+def _interval(bounds: Sequence[float] | None) -> list[float] | None:
+    """A guidance interval as plain floats (what a checkpoint stores), None for every step."""
+    return None if bounds is None else [float(b) for b in bounds]
 
 
 def takes_eta(scheduler: SchedulerMixin) -> bool:
@@ -88,7 +92,7 @@ def resolve_sampling(objective: str, recommended: Mapping[str, Any] | None, samp
     chosen = {"sampler": sampler or rec["sampler"],
               "guidance_scale": float(guidance_scale if guidance_scale is not None else rec["guidance_scale"]),
               "guidance_interval": rec["guidance_interval"] if guidance_interval is None
-              else [float(b) for b in guidance_interval]}
+              else _interval(guidance_interval)}
     if steps is not None:
         chosen["steps"] = int(steps)
     else:
