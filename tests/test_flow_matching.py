@@ -2,10 +2,14 @@
 the checkpoint's scheduler and sampling entry, the sampler refusal and the diffusers export."""
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from hydra.utils import instantiate
+from PIL import Image
 
 from conftest import compose_config, tiny_train_overrides
 from text_ldm.models.components import DiffusionComponents
@@ -123,19 +127,34 @@ def test_img2img_strength_zero_reconstructs_and_one_is_text_to_image(model, toy_
     assert (half - recon).abs().mean() < (run() - recon).abs().mean() and (half - recon).abs().max() > 1e-3
 
 
-def test_export_carries_the_flow_scheduler_and_gives_the_same_images(tmp_path, model):
+def test_export_carries_the_flow_scheduler_and_the_checkpoints_sampling(tmp_path, ckpt, model):
     from diffusers import DiffusionPipeline
 
-    from text_ldm.sampling.export import export_pipeline
+    from text_ldm.sampling.app import run
 
-    out = export_pipeline(model, "flow_euler", tmp_path / "pipe")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"{PROMPT}\na man\n")
+    base = [f"ckpt={ckpt}", "num_images_per_prompt=1", f"prompts_file={prompts}", "seed=5"]
+    out = run(compose_config("sample", base + [f"out_dir={tmp_path}", f"export_dir={tmp_path / 'pipe'}"]))
+    index = json.loads((out / "model_index.json").read_text())
+    assert (index["default_steps"], index["default_guidance_scale"], index["default_guidance_interval"]) == \
+        (3, 5.0, [0.0, 600.0])  # the checkpoint's, as sample.py prints them
+    run(compose_config("sample", base + [f"out_dir={tmp_path / 'samples'}"]))  # sample.py at its defaults
     pipe = DiffusionPipeline.from_pretrained(str(out), trust_remote_code=True)
     assert type(pipe.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
+    defaults = pipe([PROMPT, "a man"], seeds=[5, 6], output_type="pt").images
+    for k, name in enumerate(["0000_00.png", "0001_00.png"]):
+        png = np.array(Image.open(tmp_path / "samples" / name).convert("RGB"))
+        assert (defaults[k] - torch.from_numpy(png).permute(2, 0, 1) / 255).abs().max() <= 1 / 255 + 1e-6
+    # given arguments win; (0, 1000) guides every step, as generate's interval None does
     kwargs = {"guidance_scale": 5.0, "guidance_rescale": 0.5}
-    exported = pipe([PROMPT, "a man"], seeds=[5, 6], num_inference_steps=6, output_type="pt", **kwargs).images
+    exported = pipe([PROMPT, "a man"], seeds=[5, 6], num_inference_steps=6, guidance_interval=(0, 1000),
+                    output_type="pt", **kwargs).images
     ours = generate(model.unet, make_sampler("flow_euler", model.noise_scheduler.config), model.text_encoder,
                     model.autoencoder, [PROMPT, "a man"], [5, 6], model.latent_shape, steps=6, **kwargs)
     torch.testing.assert_close(exported, ours, atol=1e-5, rtol=0)
+    every_step = pipe([PROMPT, "a man"], seeds=[5, 6], guidance_interval=(0, 1000), output_type="pt").images
+    assert (every_step - defaults).abs().max() > 2 / 255
 
 
 def test_sample_py_at_its_defaults_uses_the_flow_checkpoints_sampling_and_refuses_ddim(tmp_path, ckpt, capsys):

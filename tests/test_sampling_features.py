@@ -197,26 +197,35 @@ def test_bf16_is_close_to_fp32(model):
 def test_export_loads_with_diffusers_and_matches_sample_py(tmp_path, ckpt):
     from diffusers import DiffusionPipeline
 
-    out = _cli(tmp_path / "export", ckpt, "export_dir=" + str(tmp_path / "pipe"), "sampler=dpmpp_2m")
+    # the command line's sampling (here over the checkpoint's) becomes the exported call's defaults
+    extras = ["guidance_scale=6.0", "guidance_interval=[0,600]"]
+    out = _cli(tmp_path / "export", ckpt, "export_dir=" + str(tmp_path / "pipe"), "sampler=dpmpp_2m", *extras)
     assert out == tmp_path / "pipe"
     for part in ("unet", "vqvae", "text_encoder"):
         assert list((out / part).glob("*.safetensors")), part
         assert not list((out / part).glob("*.bin")), part
     assert (out / "tokenizer").is_dir() and (out / "scheduler").is_dir()
+    index = json.loads((out / "model_index.json").read_text())
+    assert (index["default_steps"], index["default_guidance_scale"], index["default_guidance_interval"]) == \
+        (6, 6.0, [0.0, 600.0])
     pipe = DiffusionPipeline.from_pretrained(str(out), trust_remote_code=True)
     assert type(pipe).__name__ == "TextLDMPipeline"
     _cli(tmp_path / "samples", ckpt, "prompts_file=" + _prompts(tmp_path), "sampler=dpmpp_2m", "seed=5")
-    images = pipe(["a man with glasses", PROMPT], seeds=[5, 6], num_inference_steps=6, output_type="pt").images
+    images = pipe(["a man with glasses", PROMPT], seeds=[5, 6], num_inference_steps=6, guidance_scale=3.0,
+                  guidance_interval=(0, 1000), output_type="pt").images  # the checkpoint's: every step
     for k, name in enumerate(["0000_00.png", "0001_00.png"]):
         assert (images[k] - _png(tmp_path / "samples" / name)).abs().max() <= 1 / 255 + 1e-6
-    # the guidance extras mean the same in both
-    extras = ["guidance_scale=6.0", "guidance_rescale=0.5", "guidance_interval=[0,600]"]
-    _cli(tmp_path / "extras", ckpt, "prompts_file=" + _prompts(tmp_path), "sampler=dpmpp_2m", "seed=5", *extras)
-    guided = pipe(["a man with glasses", PROMPT], seeds=[5, 6], num_inference_steps=6, output_type="pt",
-                  guidance_scale=6.0, guidance_rescale=0.5, guidance_interval=(0, 600)).images
+    # the guidance extras mean the same in both; the export's defaults give sample.py's extras images
+    _cli(tmp_path / "extras", ckpt, "prompts_file=" + _prompts(tmp_path), "sampler=dpmpp_2m", "seed=5", *extras,
+         "guidance_rescale=0.5")
+    guided = pipe(["a man with glasses", PROMPT], seeds=[5, 6], output_type="pt", guidance_rescale=0.5).images
     for k, name in enumerate(["0000_00.png", "0001_00.png"]):
         assert (guided[k] - _png(tmp_path / "extras" / name)).abs().max() <= 1 / 255 + 1e-6
     assert (guided - images).abs().max() > 2 / 255
+    # a folder exported before the defaults were written falls back to 20 steps, guidance 3 at every step
+    (out / "model_index.json").write_text(json.dumps({k: v for k, v in index.items() if not k.startswith("default_")}))
+    old = DiffusionPipeline.from_pretrained(str(out), trust_remote_code=True).config
+    assert (old.default_steps, old.default_guidance_scale, old.default_guidance_interval) == (20, 3.0, None)
 
 
 def _prompts(tmp_path):

@@ -62,8 +62,10 @@ def run(cfg: DictConfig) -> Path:
         from text_ldm.sampling.export import export_pipeline
 
         model = _load_model(cfg, "cpu")
-        return export_pipeline(model, sampling_settings(cfg, model)["sampler"], cfg.export_dir,
-                               overwrite=bool(cfg.get("overwrite", False)))
+        settings = sampling_settings(cfg, model)  # also the exported pipeline's defaults
+        return export_pipeline(model, settings["sampler"], cfg.export_dir, overwrite=bool(cfg.get("overwrite", False)),
+                               steps=settings["steps"], guidance_scale=settings["guidance_scale"],
+                               guidance_interval=settings["guidance_interval"])
     if cfg.get("mode", "sample") == "forward_noise":
         return forward_noise_strip(cfg)
     return sample(cfg, prompts)

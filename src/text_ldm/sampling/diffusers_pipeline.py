@@ -5,7 +5,7 @@ the export folder as `pipeline.py`, and `model_index.json` names it, so diffuser
 `DiffusionPipeline.from_pretrained(folder)` loads it without text_ldm installed:
 
     pipe = DiffusionPipeline.from_pretrained("exported/", trust_remote_code=True)
-    images = pipe(["She has blond hair."], seeds=[0], num_inference_steps=20).images
+    images = pipe(["She has blond hair."], seeds=[0]).images  # the checkpoint's steps and guidance
 
 `text_ldm.sampling.pipeline.generate` (sample.py, evaluate.py, training previews) calls the same
 functions below, so the exported pipeline and sample.py cannot drift apart.
@@ -127,17 +127,26 @@ def denoise(unet, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, con
 
 class TextLDMPipeline(DiffusionPipeline):
     """Components: unet (UNet2DConditionModel), vqvae (VQModel or AutoencoderKL), scheduler, text_encoder
-    (a transformers text model; its last_hidden_state is the conditioning), tokenizer."""
+    (a transformers text model; its last_hidden_state is the conditioning), tokenizer.
+
+    default_steps, default_guidance_scale, default_guidance_interval (None: every step): what a call uses
+    when not given them; the export writes the checkpoint's recommended sampling there, and a folder
+    exported without them gets 20 steps and guidance 3 at every step."""
 
     model_cpu_offload_seq = "text_encoder->unet->vqvae"
 
     def __init__(self, unet, vqvae, scheduler, text_encoder, tokenizer, max_length: int = 77,
-                 use_attention_mask: bool = True, latent_scale: float = 1.0, force_not_quantize: bool = False):
+                 use_attention_mask: bool = True, latent_scale: float = 1.0, force_not_quantize: bool = False,
+                 default_steps: int = 20, default_guidance_scale: float = 3.0,
+                 default_guidance_interval: Sequence[float] | None = None):
         super().__init__()
         self.register_modules(unet=unet, vqvae=vqvae, scheduler=scheduler, text_encoder=text_encoder,
                               tokenizer=tokenizer)
         self.register_to_config(max_length=max_length, use_attention_mask=use_attention_mask,
-                                latent_scale=latent_scale, force_not_quantize=force_not_quantize)
+                                latent_scale=latent_scale, force_not_quantize=force_not_quantize,
+                                default_steps=int(default_steps), default_guidance_scale=float(default_guidance_scale),
+                                default_guidance_interval=None if default_guidance_interval is None
+                                else [float(b) for b in default_guidance_interval])
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
@@ -148,20 +157,25 @@ class TextLDMPipeline(DiffusionPipeline):
         return self.text_encoder(input_ids=batch["input_ids"].to(self.device), attention_mask=mask).last_hidden_state
 
     @torch.no_grad()
-    def __call__(self, prompt: str | list[str], seeds: list[int] | None = None, num_inference_steps: int = 20,
-                 guidance_scale: float = 3.0, negative_prompt: str = "", guidance_rescale: float = 0.0,
-                 guidance_interval: tuple[float, float] | None = None, eta: float = 0.0, output_type: str = "pil",
+    def __call__(self, prompt: str | list[str], seeds: list[int] | None = None, num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None, negative_prompt: str = "", guidance_rescale: float = 0.0,
+                 guidance_interval: Sequence[float] | None = None, eta: float = 0.0, output_type: str = "pil",
                  return_dict: bool = True):
-        """prompt: one or B strings; seeds: B ints (default 0..B-1). guidance_interval: (t_lo, t_hi), guide
-        only at those timesteps (None: every step). output_type "pil", "np" (B, H, W, 3) or "pt" (B, 3, H, W),
-        all in [0, 1]."""
+        """prompt: one or B strings; seeds: B ints (default 0..B-1). num_inference_steps, guidance_scale,
+        guidance_interval: None takes the config's default_* (the checkpoint's recommendation, as sample.py).
+        guidance_interval (t_lo, t_hi): guide only at timesteps t_lo <= t <= t_hi (0 = clean); (0, 1000): every
+        step. output_type "pil", "np" (B, H, W, 3) or "pt" (B, 3, H, W), all in [0, 1]."""
+        config = self.config
+        steps = config.default_steps if num_inference_steps is None else num_inference_steps
+        guidance_scale = config.default_guidance_scale if guidance_scale is None else guidance_scale
+        guidance_interval = config.default_guidance_interval if guidance_interval is None else guidance_interval
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         seeds = list(range(len(prompts))) if seeds is None else list(seeds)
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
         shape = (self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
         noise = seeded_noise(seeds, shape, self.device)
-        latents, timesteps = initial_latents(self.scheduler, noise, num_inference_steps)
+        latents, timesteps = initial_latents(self.scheduler, noise, steps)
         uncond = self.encode_prompt([negative_prompt] * len(prompts)) if guidance_scale != 1.0 else None
         latents = denoise(self.unet, self.scheduler, latents, timesteps, self.encode_prompt(prompts), uncond,
                           guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
