@@ -1,7 +1,8 @@
 """Where a CPU training step's time goes: text encoding of fresh captions vs the UNet's forward + backward.
 
-    python bench/step_cost.py [batch=32] [max_length=32] [threads=2] [compile]
+    python bench/step_cost.py [batch=32] [max_length=32] [threads=2] [compile] [model.unet.KEY=VALUE ...]
 (`make demo` runs batch 16 per process on one thread: `python bench/step_cost.py 16 32 1`.)
+Overrides of `model.unet` add a row: unet_demo with them, e.g. `'model.unet.block_out_channels=[48,64,64]'`.
 Times the text encoder on `batch` captions it has not memoised, then unet_tiny and unet_demo forward + backward
 on the toy autoencoder's 4 x 16 x 16 latents, unet_demo again in channels_last (weights and input), and with
 `compile` unet_demo through torch.compile (inductor), after its compile, whose time is printed.
@@ -19,9 +20,11 @@ from pathlib import Path
 from text_ldm.models.unet import build_unet
 from text_ldm.utils.config import plain
 
-torch.set_num_threads(int(sys.argv[3]) if len(sys.argv) > 3 else 2)
-batch = int(sys.argv[1]) if len(sys.argv) > 1 else 32
-max_length = int(sys.argv[2]) if len(sys.argv) > 2 else 32
+args = [a for a in sys.argv[1:] if "=" not in a]
+unet_overrides = [a for a in sys.argv[1:] if "=" in a]
+torch.set_num_threads(int(args[2]) if len(args) > 2 else 2)
+batch = int(args[0]) if len(args) > 0 else 32
+max_length = int(args[1]) if len(args) > 1 else 32
 ROOT = Path(__file__).resolve().parents[1]
 conf = str(ROOT / "conf")
 caps = [l.strip() for i in range(200) for l in open(ROOT / f"data/toy_faces/celeba-caption/{i}.txt")][: batch * 6]
@@ -45,7 +48,9 @@ rows = [("text encoder, fresh captions", timeit(lambda: enc(caps[:batch])))]
 ctx = enc(caps[:batch])
 variants = {"unet_tiny": ["model=unet_tiny"], "unet_demo": ["model=unet_demo"],
             "unet_demo, channels_last": ["model=unet_demo"]}
-if "compile" in sys.argv[4:]:
+if unet_overrides:
+    variants["unet_demo + " + " ".join(unet_overrides)] = ["model=unet_demo", *unet_overrides]
+if "compile" in args[3:]:
     variants["unet_demo, torch.compile"] = ["model=unet_demo"]
 for name, overrides in variants.items():
     with initialize_config_dir(conf, version_base="1.3"):
