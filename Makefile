@@ -40,7 +40,7 @@ DEMO_ARGS ?=
 # training's time, which ends DEMO_RESERVE_S early to leave the sampling its share (callbacks.time_budget.ends_by;
 # the budget's own minutes, 12 for a plain `train.py experiment=demo`, are raised out of its way).
 DEMO_MINUTES ?= 15
-DEMO_RESERVE_S ?= 75
+DEMO_RESERVE_S ?= 60
 DEMO_START := $(shell date +%s)
 DEMO_ENDS_BY = $(shell echo $$(( $(DEMO_START) + $(DEMO_MINUTES) * 60 - $(DEMO_RESERVE_S) )))
 demo: install $(AUTOENCODER)/config.json

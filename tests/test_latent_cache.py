@@ -254,3 +254,27 @@ def test_a_copied_or_moved_checkout_finds_its_latent_cache(tmp_path, toy_root, t
     images = moved / "data" / "toy_faces" / IMAGE_DIR
     shutil.copy(images / "1.png", images / "0.png")
     assert [name.split("-")[0] for name in set(_cache_names(moved)) - set(rescaled)] == ["train"]
+
+
+def test_prepare_data_encodes_on_every_core_and_puts_the_threads_back(tmp_path, toy_root, tiny_vq_dir, monkeypatch):
+    """Under DDP prepare_data runs on one process while the others wait: with num_threads=1 per process the cache
+    would be built on one core of several."""
+    from text_ldm.data import datamodule as dm
+    from text_ldm.utils.cpu import usable_cores
+
+    if usable_cores() < 2:
+        pytest.skip("needs two cores")
+    threads_seen, build = [], dm.build_latent_cache
+
+    def recording_build(*args, **kwargs):
+        threads_seen.append(torch.get_num_threads())
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(dm, "build_latent_cache", recording_build)
+    torch.set_num_threads(1)
+    autoencoder = {"_target_": "text_ldm.models.autoencoder.FrozenAutoencoder.from_pretrained",
+                   "pretrained": str(tiny_vq_dir), "kind": "vq"}
+    CelebADataModule(root=str(toy_root), image_size=IMAGE_SIZE, cache_dir=str(tmp_path / "cache"),
+                     autoencoder=autoencoder).prepare_data()
+    assert threads_seen == [usable_cores()] * 2  # train and test
+    assert torch.get_num_threads() == 1

@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from text_ldm.utils.checkpoint_io import AtomicCheckpointIO, load_checkpoint
+from text_ldm.utils.cpu import usable_cores
 from text_ldm.utils.instantiate import (check_loggers, instantiate_callbacks, instantiate_loggers,
                                        without_logger_only_callbacks)
 
@@ -59,8 +60,7 @@ def oversubscription_hint(processes: int, threads: int, cores: int) -> str | Non
 def _hint_cpu_threads(trainer: L.Trainer, *_) -> None:
     # At train start: the threads are final there (Lightning's launcher may have set them for its processes).
     if isinstance(trainer.accelerator, CPUAccelerator):
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        hint = oversubscription_hint(trainer.num_devices, torch.get_num_threads(), cores)
+        hint = oversubscription_hint(trainer.num_devices, torch.get_num_threads(), usable_cores())
         if hint:
             rank_zero_info(hint)
 

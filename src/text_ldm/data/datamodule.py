@@ -20,6 +20,7 @@ from text_ldm.data.latent_cache import LatentCache, build_latent_cache
 from text_ldm.data.resumable import ResumableDataLoader
 from text_ldm.data.toy_faces import build_toy_faces
 from text_ldm.utils.config import plain
+from text_ldm.utils.cpu import every_core
 
 MODES = ("latents", "images")
 
@@ -126,7 +127,8 @@ class CelebADataModule(L.LightningDataModule):
         self._ids: dict[str, list[str]] = {}
 
     def prepare_data(self) -> None:
-        """Runs on one process: generate toy data if allowed, then fill the latent cache."""
+        """Runs on one process, the others waiting: generate toy data if allowed, then fill the latent cache
+        on every core."""
         if not self.generate:
             self._check_root()
         if self.toy is not None:  # reuses the dataset at root (refusing another one), or writes it where allowed
@@ -134,8 +136,9 @@ class CelebADataModule(L.LightningDataModule):
         self.layout.check()
         if self.mode == "latents":
             autoencoder = self._autoencoder()
-            for split in ("train", "test"):
-                self._cache(split, autoencoder)
+            with every_core():
+                for split in ("train", "test"):
+                    self._cache(split, autoencoder)
 
     def _may_generate(self, generate: bool | str) -> bool:
         if generate not in (True, False, "auto"):
