@@ -43,7 +43,7 @@ def test_make_demo_ends_training_before_its_minutes_are_up(tmp_path):
 
 def _no_cross_attention(unet_cfg: dict, pooled: bool) -> dict:
     cfg = dict(unet_cfg, block_out_channels=[32, 32], down_block_types=["DownBlock2D"] * 2,
-               up_block_types=["UpBlock2D"] * 2, mid_block_type="UNetMidBlock2D")
+               up_block_types=["UpBlock2D"] * 2, mid_block_type="UNetMidBlock2D", layers_per_block=1)
     cfg.pop("only_cross_attention", None)
     if not pooled:
         cfg.pop("addition_embed_type"), cfg.pop("addition_embed_type_num_heads")
@@ -74,3 +74,26 @@ def test_demo_trainer_and_time_budget_agree(tmp_path):
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
     budget = instantiate(cfg.callbacks.time_budget)
     budget.setup(trainer, L.LightningModule(), "fit")  # raises for a recipe it cannot plan
+
+
+def test_demo_unet_reads_the_prompt_at_full_latent_resolution(tmp_path):
+    """The lips are drawn at 16 x 16: there the up path attends to the text tokens, so the same features with
+    another prompt come out different from that attention block itself."""
+    unet_cfg = plain(compose_config("train", ["model=unet_demo", f"paths.root_dir={tmp_path}"]).model.unet)
+    torch.manual_seed(0)
+    unet = build_unet(unet_cfg, 4, 16, 384).eval()
+    calls = []
+    hooks = [attention.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append((module, args[0] if args else kwargs["hidden_states"])),
+        with_kwargs=True) for attention in getattr(unet.up_blocks[-1], "attentions", [])]
+    ctx_a, ctx_b = torch.randn(2, 7, 384), torch.randn(2, 7, 384)
+    with torch.no_grad():
+        unet(torch.randn(2, 4, 16, 16), torch.tensor([500, 500]), encoder_hidden_states=ctx_a)
+        for hook in hooks:
+            hook.remove()
+        assert calls, "no attention block at 16 x 16"
+        for attention, features in calls:
+            assert features.shape[-2:] == (16, 16)
+            a = attention(features, encoder_hidden_states=ctx_a).sample
+            b = attention(features, encoder_hidden_states=ctx_b).sample
+            assert not torch.allclose(a, b)
