@@ -32,7 +32,16 @@ STEPS = 20
 PROMPT = "This woman has black hair. She wears no eyeglasses, is smiling, wears lipstick and wears no hat."
 
 
+# A flow-matching checkpoint (the demo's) takes the flow samplers of the same order instead.
+FLOW_EQUIVALENT = {"dpmpp_2m": "flow_dpmpp_2m", "ddim": "flow_euler"}
+
+
+def sampler_for(model, name: str) -> str:
+    return FLOW_EQUIVALENT.get(name, name) if model.objective == "flow_matching" else name
+
+
 def gen(model, prompts, seeds, sampler="dpmpp_2m", steps=STEPS, **kw):
+    sampler = sampler_for(model, sampler)
     return generate(model.unet, make_sampler(sampler, model.noise_scheduler.config), model.text_encoder,
                     model.autoencoder, prompts, seeds, model.latent_shape, steps=steps, **kw)
 
@@ -72,7 +81,7 @@ def trajectory_figure(model, args) -> None:
 def forward_noise_figure(model, args) -> None:
     """q(x_t | x_0) of the input image."""
     init = encode_image(model.autoencoder, args.init_image, model.image_size)
-    frames = forward_noise(model.autoencoder, model.noise_scheduler, init, [0, 50, 100, 200, 400, 600, 800, 999], 0)
+    frames = forward_noise(model, init, [0, 50, 100, 200, 400, 600, 800, 999], 0)
     write_strip_and_gif(frames, OUT, ["forward_noise"], ["q(x_t | x_0) of a toy face"])
 
 
@@ -94,14 +103,14 @@ def export_figure(model, args) -> None:
     from text_ldm.sampling.export import export_pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
-        export_pipeline(model, "dpmpp_2m", Path(tmp) / "pipe")
+        export_pipeline(model, sampler_for(model, "dpmpp_2m"), Path(tmp) / "pipe")
         pipe = DiffusionPipeline.from_pretrained(str(Path(tmp) / "pipe"), trust_remote_code=True)
         # generate()'s own guidance (3.0 at every step), not the checkpoint's recommended one the export carries
         exported = pipe([PROMPT] * 4, seeds=SEEDS, num_inference_steps=STEPS, guidance_scale=3.0,
                         guidance_interval=(0, 1000), output_type="pt").images
     fp32 = gen(model, [PROMPT] * 4, SEEDS)
     diff = (exported - fp32).abs().max()
-    atomic_save_png(captioned_grid([fp32, exported], ["sample.py (dpmpp_2m, 20 steps)",
+    atomic_save_png(captioned_grid([fp32, exported], [f"sample.py ({sampler_for(model, 'dpmpp_2m')}, 20 steps)",
                                                       f"exported diffusers pipeline: max |diff| {diff:.2e}"]),
                     OUT / "export.png")
 
