@@ -118,7 +118,7 @@ def export_figure(model, args) -> None:
 def guidance_figure(model, args) -> None:
     """Classifier-free guidance settings side by side (DDIM 50, as evaluate.py measured them)."""
     settings = [("no guidance (scale 1)", {"guidance_scale": 1.0}),
-                ("scale 9 (the demo's)", {"guidance_scale": 9.0}),
+                ("scale 9 at every step", {"guidance_scale": 9.0}),
                 ("scale 9, rescale 0.7", {"guidance_scale": 9.0, "guidance_rescale": 0.7}),
                 ("scale 12, rescale 0.7", {"guidance_scale": 12.0, "guidance_rescale": 0.7}),
                 ("scale 9, interval t in [0, 800]", {"guidance_scale": 9.0, "guidance_interval": (0, 800)}),
