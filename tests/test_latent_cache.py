@@ -271,10 +271,14 @@ def test_prepare_data_encodes_on_every_core_and_puts_the_threads_back(tmp_path, 
         return build(*args, **kwargs)
 
     monkeypatch.setattr(dm, "build_latent_cache", recording_build)
-    torch.set_num_threads(1)
     autoencoder = {"_target_": "text_ldm.models.autoencoder.FrozenAutoencoder.from_pretrained",
                    "pretrained": str(tiny_vq_dir), "kind": "vq"}
-    CelebADataModule(root=str(toy_root), image_size=IMAGE_SIZE, cache_dir=str(tmp_path / "cache"),
-                     autoencoder=autoencoder).prepare_data()
-    assert threads_seen == [usable_cores()] * 2  # train and test
-    assert torch.get_num_threads() == 1
+    session_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        CelebADataModule(root=str(toy_root), image_size=IMAGE_SIZE, cache_dir=str(tmp_path / "cache"),
+                         autoencoder=autoencoder).prepare_data()
+        assert threads_seen == [usable_cores()] * 2  # train and test
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(session_threads)  # the later tests keep the session's threads
