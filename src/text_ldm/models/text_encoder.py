@@ -9,18 +9,10 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, CLIPTextModel
 
+from text_ldm.sampling.diffusers_pipeline import append_sentence_vector
 from text_ldm.utils.pretrained import resolve_pretrained
 
 MODEL_CLASSES = {"auto": AutoModel, "clip_text": CLIPTextModel}
-
-
-def append_sentence_vector(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, L, D) token states -> (B, L + 1, D): the mean over the prompt's real tokens appended as one more
-    token. That mean is a sentence-transformer's sentence embedding, which puts paraphrases ("bearded",
-    "with facial hair", "has a beard") close together where the single token states are not."""
-    mask = attention_mask.unsqueeze(-1).to(states.dtype)
-    mean = (states * mask).sum(dim=1, keepdim=True) / mask.sum(dim=1, keepdim=True).clamp(min=1)
-    return torch.cat([states, mean], dim=1)
 
 
 class FrozenTextEncoder(nn.Module):

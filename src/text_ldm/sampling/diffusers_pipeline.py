@@ -79,8 +79,9 @@ def initial_latents(scheduler, noise: torch.Tensor, steps: int, init_latents: to
 
 
 def append_sentence_vector(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, L, D) -> (B, L + 1, D): models.text_encoder's function of that name, repeated because this file
-    imports nothing of ours; test_exported_pipeline_encodes_prompts_as_the_checkpoint_does holds the two equal."""
+    """(B, L, D) token states -> (B, L + 1, D): the mean over the prompt's real tokens appended as one more
+    token. That mean is a sentence-transformer's sentence embedding, which puts paraphrases ("bearded",
+    "with facial hair", "has a beard") close together where the single token states are not."""
     mask = attention_mask.unsqueeze(-1).to(states.dtype)
     mean = (states * mask).sum(dim=1, keepdim=True) / mask.sum(dim=1, keepdim=True).clamp(min=1)
     return torch.cat([states, mean], dim=1)
