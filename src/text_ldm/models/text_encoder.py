@@ -9,7 +9,6 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, CLIPTextModel
 
-from text_ldm.sampling.diffusers_pipeline import append_sentence_vector
 from text_ldm.utils.pretrained import resolve_pretrained
 
 MODEL_CLASSES = {"auto": AutoModel, "clip_text": CLIPTextModel}
@@ -18,8 +17,7 @@ MODEL_CLASSES = {"auto": AutoModel, "clip_text": CLIPTextModel}
 class FrozenTextEncoder(nn.Module):
     """A frozen Hugging Face text transformer that maps prompts to token embeddings.
 
-    forward(prompts: list[str]) -> Tensor of shape (B, max_length, embed_dim), or (B, max_length + 1,
-    embed_dim) with `sentence_vector`: the mean of the prompt's token states appended as one more token.
+    forward(prompts: list[str]) -> Tensor of shape (B, max_length, embed_dim).
 
     Outputs are memoised per prompt string (`cache_size` entries, least recently used dropped):
     the encoder is frozen, so an embedding never changes, and on a CPU the encoder costs more
@@ -27,14 +25,13 @@ class FrozenTextEncoder(nn.Module):
     """
 
     def __init__(self, model: nn.Module, tokenizer, max_length: int, use_attention_mask: bool = True,
-                 cache_size: int = 0, sentence_vector: bool = False):
+                 cache_size: int = 0):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
         self.use_attention_mask = use_attention_mask
         self.cache_size = int(cache_size)
-        self.sentence_vector = bool(sentence_vector)
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._warned_truncation = False
         self.prompts_encoded = 0  # prompts that went through the transformer (memo misses included)
@@ -42,8 +39,7 @@ class FrozenTextEncoder(nn.Module):
     @classmethod
     def from_pretrained(cls, pretrained: str, model_class: str = "auto", subfolder: str | None = None,
                         tokenizer_subfolder: str | None = None, max_length: int | None = None,
-                        use_attention_mask: bool = True, cache_size: int = 0,
-                        sentence_vector: bool = False) -> "FrozenTextEncoder":
+                        use_attention_mask: bool = True, cache_size: int = 0) -> "FrozenTextEncoder":
         """Load from a hub id, a local directory (same layout) or `pkg://package/dir`."""
         if model_class not in MODEL_CLASSES:
             raise ValueError(f"model_class={model_class!r}; choose one of {sorted(MODEL_CLASSES)}")
@@ -53,7 +49,7 @@ class FrozenTextEncoder(nn.Module):
         tokenizer = AutoTokenizer.from_pretrained(path, **tok_kwargs)
         model = MODEL_CLASSES[model_class].from_pretrained(path, **model_kwargs)
         max_length = max_length or min(tokenizer.model_max_length, 512)
-        return cls(model, tokenizer, max_length, use_attention_mask, cache_size, sentence_vector)
+        return cls(model, tokenizer, max_length, use_attention_mask, cache_size)
 
     @property
     def embed_dim(self) -> int:
@@ -67,11 +63,7 @@ class FrozenTextEncoder(nn.Module):
         batch = self._tokenize(prompts)
         mask = batch["attention_mask"] if self.use_attention_mask else None
         self.prompts_encoded += len(prompts)
-        return self._finish(self.model(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state,
-                            batch["attention_mask"])
-
-    def _finish(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return append_sentence_vector(states, attention_mask) if self.sentence_vector else states
+        return self.model(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state
 
     def _tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         device = next(self.model.parameters()).device
@@ -95,8 +87,7 @@ class FrozenTextEncoder(nn.Module):
             raise ValueError(f"{type(self.model).__name__} takes no inputs_embeds, so token-level prompt mixing "
                              "is unavailable with this text encoder; use the whole-prompt blend 'A:0.5 | B:0.5'")
         mask = attention_mask if self.use_attention_mask else None
-        return self._finish(self.model(inputs_embeds=inputs_embeds, attention_mask=mask).last_hidden_state,
-                            attention_mask)
+        return self.model(inputs_embeds=inputs_embeds, attention_mask=mask).last_hidden_state
 
     def _warn_if_truncated(self, prompts: list[str]) -> None:
         if self._warned_truncation:

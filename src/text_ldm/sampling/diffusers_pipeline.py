@@ -78,15 +78,6 @@ def initial_latents(scheduler, noise: torch.Tensor, steps: int, init_latents: to
     return latents, timesteps
 
 
-def append_sentence_vector(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, L, D) token states -> (B, L + 1, D): the mean over the prompt's real tokens appended as one more
-    token. That mean is a sentence-transformer's sentence embedding, which puts paraphrases ("bearded",
-    "with facial hair", "has a beard") close together where the single token states are not."""
-    mask = attention_mask.unsqueeze(-1).to(states.dtype)
-    mean = (states * mask).sum(dim=1, keepdim=True) / mask.sum(dim=1, keepdim=True).clamp(min=1)
-    return torch.cat([states, mean], dim=1)
-
-
 def guided_prediction(pred_uncond: torch.Tensor, pred_cond: torch.Tensor, scale: float,
                       rescale: float = 0.0) -> torch.Tensor:
     """uncond + scale (cond - uncond), with `rescale` (Lin et al. 2023, sec. 3.4) pulling its per-sample std
@@ -147,12 +138,11 @@ class TextLDMPipeline(DiffusionPipeline):
     def __init__(self, unet, vqvae, scheduler, text_encoder, tokenizer, max_length: int = 77,
                  use_attention_mask: bool = True, latent_scale: float = 1.0, force_not_quantize: bool = False,
                  default_steps: int = 20, default_guidance_scale: float = 3.0,
-                 default_guidance_interval: Sequence[float] | None = None, sentence_vector: bool = False):
+                 default_guidance_interval: Sequence[float] | None = None):
         super().__init__()
         self.register_modules(unet=unet, vqvae=vqvae, scheduler=scheduler, text_encoder=text_encoder,
                               tokenizer=tokenizer)
         self.register_to_config(max_length=max_length, use_attention_mask=use_attention_mask,
-                                sentence_vector=bool(sentence_vector),
                                 latent_scale=latent_scale, force_not_quantize=force_not_quantize,
                                 default_steps=int(default_steps), default_guidance_scale=float(default_guidance_scale),
                                 default_guidance_interval=None if default_guidance_interval is None
@@ -160,13 +150,11 @@ class TextLDMPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
-        """B prompts -> (B, max_length, D) token embeddings; (B, max_length + 1, D) with the sentence vector."""
+        """B prompts -> (B, max_length, D) token embeddings."""
         batch = self.tokenizer(prompts, padding="max_length", max_length=self.config.max_length, truncation=True,
                                return_tensors="pt")
-        full_mask = batch["attention_mask"].to(self.device)
-        mask = full_mask if self.config.use_attention_mask else None
-        states = self.text_encoder(input_ids=batch["input_ids"].to(self.device), attention_mask=mask).last_hidden_state
-        return append_sentence_vector(states, full_mask) if self.config.get("sentence_vector") else states
+        mask = batch["attention_mask"].to(self.device) if self.config.use_attention_mask else None
+        return self.text_encoder(input_ids=batch["input_ids"].to(self.device), attention_mask=mask).last_hidden_state
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], seeds: list[int] | None = None, num_inference_steps: int | None = None,
