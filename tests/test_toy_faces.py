@@ -134,7 +134,7 @@ def test_caption_for_states_every_attribute():
     assert caption_for(man) == "This man has gray hair. He wears no eyeglasses, is smiling, has a beard and wears a hat."
     for seed in range(20):  # any noun, shape and wording still states every fact
         varied = caption_for(man, np.random.default_rng(seed))
-        assert any(word in varied for word in toy_faces._HAIR_WORDS["Gray_Hair"])
+        assert "gray" in varied
         for fact in toy_faces._facts(man)[1:]:
             assert any(wording in varied for wording in toy_faces._CLAUSES[fact]), (fact, varied)
 

@@ -27,15 +27,11 @@ ATTRIBUTES = ["Male", "Blond_Hair", "Black_Hair", "Brown_Hair", "Gray_Hair", "Ey
 HAIR_COLOURS = ["Blond_Hair", "Black_Hair", "Brown_Hair", "Gray_Hair"]
 META_FILE = "toy_faces.json"
 # Bump whenever rendering/captions change so stale cached datasets are refused.
-VERSION = 3
+VERSION = 2
 
 _HAIR_RGB = {"Blond_Hair": (236, 200, 70), "Black_Hair": (28, 24, 26),
              "Brown_Hair": (115, 64, 28), "Gray_Hair": (178, 178, 184)}
-# The first word of each is the canonical one (caption_for without rng, the template prompts).
-_HAIR_WORDS = {"Blond_Hair": ("blond", "fair", "light yellow", "sandy blond"),
-               "Black_Hair": ("black", "dark black", "ebony", "coal-black"),
-               "Brown_Hair": ("brown", "dark brown", "auburn", "chocolate brown"),
-               "Gray_Hair": ("gray", "ashen", "white", "pale gray")}
+_HAIR_WORD = {"Blond_Hair": "blond", "Black_Hair": "black", "Brown_Hair": "brown", "Gray_Hair": "gray"}
 _HAT_RGB = [(200, 35, 40), (35, 70, 190), (30, 135, 60), (120, 45, 150), (20, 120, 130)]
 _LIPSTICK_RGB = (205, 20, 45)
 _SS = 4  # supersampling factor: draw at 4x, LANCZOS down for smooth edges
@@ -188,40 +184,26 @@ def render_face(attrs: dict[str, bool], rng: np.random.Generator, image_size: in
 # clause, drawn per clause, and five sentence shapes: with two wordings per caption, prompts worded in
 # other words lost about 16 points. evaluation/prompts.py's free wording uses none of these words
 # ("without", "-less", synonyms) and none of these shapes: it stays a held-out test.
-_NOUNS = {True: ("man", "gentleman", "fellow", "young man", "grown man"),
-          False: ("woman", "lady", "young woman", "grown woman", "young lady")}
+_NOUNS = {True: ("man", "gentleman", "fellow"), False: ("woman", "lady", "young woman")}
 _CLAUSES = {
-    ("hair", True): ("has {c} hair", "has {c} colored hair", "has hair that is {c}", "has a head of {c} hair"),
-    ("Eyeglasses", True): ("wears eyeglasses", "is wearing glasses", "has glasses", "wears a pair of glasses",
-                           "wears eyewear", "has rimmed glasses", "sports reading glasses"),
+    ("hair", True): ("has {c} hair", "has {c} colored hair", "has hair that is {c}"),
+    ("Eyeglasses", True): ("wears eyeglasses", "is wearing glasses", "has glasses", "wears a pair of glasses"),
     ("Eyeglasses", False): ("wears no eyeglasses", "does not wear glasses", "has no glasses",
-                            "is not wearing eyeglasses", "wears no eyewear", "has a face free of glasses"),
-    ("Smiling", True): ("is smiling", "has a big smile", "smiles", "has a smiling face", "is beaming",
-                        "looks happy and smiles", "has a cheerful expression"),
-    ("Smiling", False): ("is not smiling", "does not smile", "has a neutral expression", "has a closed mouth",
-                         "has a straight face", "looks calm and does not smile", "keeps a blank expression"),
+                            "is not wearing eyeglasses"),
+    ("Smiling", True): ("is smiling", "has a big smile", "smiles", "has a smiling face"),
+    ("Smiling", False): ("is not smiling", "does not smile", "has a neutral expression", "has a closed mouth"),
     ("Wearing_Lipstick", True): ("wears lipstick", "is wearing red lipstick", "has red lipstick",
-                                 "wears bright lipstick", "has crimson lipstick", "has painted lips",
-                                 "wears lip color"),
+                                 "wears bright lipstick"),
     ("Wearing_Lipstick", False): ("wears no lipstick", "is not wearing lipstick", "has no lipstick",
-                                  "does not wear lipstick", "wears no lipstick at all", "has lips with no lipstick",
-                                  "has plain lips"),
-    ("beard", True): ("has a beard", "has a full beard", "has a thick beard", "wears a beard", "sports a beard",
-                      "has a bushy beard", "has whiskers on his chin"),
-    ("beard", False): ("has no beard", "does not have a beard", "wears no beard", "has no beard at all",
-                       "has a face with no beard", "is clean-shaven", "is shaved"),
-    ("Wearing_Hat", True): ("wears a hat", "is wearing a hat", "has a hat", "wears a brimmed hat", "sports a hat",
-                            "wears a fedora", "has headwear"),
-    ("Wearing_Hat", False): ("wears no hat", "is not wearing a hat", "has no hat", "does not wear a hat",
-                             "wears no headwear", "has an uncovered head"),
+                                  "does not wear lipstick"),
+    ("beard", True): ("has a beard", "has a full beard", "has a thick beard", "wears a beard"),
+    ("beard", False): ("has no beard", "is clean-shaven", "is shaved", "does not have a beard"),
+    ("Wearing_Hat", True): ("wears a hat", "is wearing a hat", "has a hat", "wears a brimmed hat"),
+    ("Wearing_Hat", False): ("wears no hat", "is not wearing a hat", "has no hat", "does not wear a hat"),
 }
 _STYLES = 5
 _MAX_WORDS = 19  # at most 32 MiniLM tokens: the demo's text encoder keeps 32
-# How often a caption states a negative fact (the template prompts state them all). With most negated wordings
-# naming the noun, "beard" and "lipstick" then occur about as often negated as affirmed, so the noun alone
-# does not say "drawn": at 0.4, with the negations "is clean-shaven" / "is shaved", 100 % of "is shaved" prompts
-# were drawn beardless and 55 % of "has no beard" ones.
-_NEGATIVE_STATED = 0.5
+_NEGATIVE_STATED = 0.4  # how often a caption states a negative fact: the template prompts state them all
 
 
 def _facts(attrs: dict[str, bool]) -> list[tuple[str, bool]]:
@@ -243,10 +225,9 @@ def _join(parts: list[str]) -> str:
 
 
 def _compose(attrs: dict[str, bool], facts: list[tuple[str, bool]], noun: str, style: int,
-             variants: list[int], colour_variant: int = 0) -> str:
-    """One caption: `variants[i]` picks the wording of `facts[i]`, `colour_variant` the hair colour's word,
-    `style` the sentence shape."""
-    colour = _HAIR_WORDS[_hair_of(attrs)][colour_variant]
+             variants: list[int]) -> str:
+    """One caption: `variants[i]` picks the wording of `facts[i]`; `style` the sentence shape."""
+    colour = _HAIR_WORD[_hair_of(attrs)]
     clauses = [_CLAUSES[f][v].format(c=colour) for f, v in zip(facts, variants)]
     pron = "He" if attrs["Male"] else "She"
     hair_first = facts[0][0] == "hair"
@@ -275,8 +256,7 @@ def _random_caption(attrs: dict[str, bool], facts: list[tuple[str, bool]], rng: 
     for _ in range(8):
         noun = nouns[int(rng.integers(len(nouns)))]
         variants = [int(rng.integers(len(_CLAUSES[f]))) for f in facts]
-        colour = int(rng.integers(len(_HAIR_WORDS[_hair_of(attrs)])))
-        caption = _compose(attrs, facts, noun, int(rng.integers(_STYLES)), variants, colour)
+        caption = _compose(attrs, facts, noun, int(rng.integers(_STYLES)), variants)
         if len(caption.split()) <= _MAX_WORDS:
             return caption
     return _compose(attrs, facts, nouns[0], 0, [0] * len(facts))
