@@ -27,7 +27,7 @@ ATTRIBUTES = ["Male", "Blond_Hair", "Black_Hair", "Brown_Hair", "Gray_Hair", "Ey
 HAIR_COLOURS = ["Blond_Hair", "Black_Hair", "Brown_Hair", "Gray_Hair"]
 META_FILE = "toy_faces.json"
 # Bump whenever rendering/captions change so stale cached datasets are refused.
-VERSION = 3
+VERSION = 2
 
 _HAIR_RGB = {"Blond_Hair": (236, 200, 70), "Black_Hair": (28, 24, 26),
              "Brown_Hair": (115, 64, 28), "Gray_Hair": (178, 178, 184)}
@@ -197,16 +197,13 @@ _CLAUSES = {
     ("Wearing_Lipstick", False): ("wears no lipstick", "is not wearing lipstick", "has no lipstick",
                                   "does not wear lipstick"),
     ("beard", True): ("has a beard", "has a full beard", "has a thick beard", "wears a beard"),
-    # Most name the beard, so that the noun alone does not mean "draw one": with half of them noun-free, the
-    # drawn captions held it 1.6x as often affirmed as negated and "has no beard" came out bearded in 42 %.
-    ("beard", False): ("has no beard", "does not have a beard", "wears no beard", "has no beard at all",
-                       "has a face with no beard", "is clean-shaven", "is shaved"),
+    ("beard", False): ("has no beard", "is clean-shaven", "is shaved", "does not have a beard"),
     ("Wearing_Hat", True): ("wears a hat", "is wearing a hat", "has a hat", "wears a brimmed hat"),
     ("Wearing_Hat", False): ("wears no hat", "is not wearing a hat", "has no hat", "does not wear a hat"),
 }
 _STYLES = 5
 _MAX_WORDS = 19  # at most 32 MiniLM tokens: the demo's text encoder keeps 32
-_NEGATIVE_STATED = 0.5  # how often a caption states a negative fact: the template prompts state them all
+_NEGATIVE_STATED = 0.4  # how often a caption states a negative fact: the template prompts state them all
 
 
 def _facts(attrs: dict[str, bool]) -> list[tuple[str, bool]]:
