@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 import warnings
 from collections import OrderedDict
 
@@ -12,6 +13,14 @@ from transformers import AutoModel, AutoTokenizer, CLIPTextModel
 from text_ldm.utils.pretrained import resolve_pretrained
 
 MODEL_CLASSES = {"auto": AutoModel, "clip_text": CLIPTextModel}
+GRANULARITIES = ("tokens", "clauses")
+_CLAUSE_BREAK = re.compile(r"[,.;:!?]|\band\b", re.IGNORECASE)
+
+
+def split_clauses(prompt: str) -> list[str]:
+    """A prompt's clauses: the pieces between punctuation and "and" ("A man, smiling and in a hat."
+    -> ["A man", "smiling", "in a hat"])."""
+    return [c.strip() for c in _CLAUSE_BREAK.split(prompt) if c.strip()]
 
 
 class FrozenTextEncoder(nn.Module):
@@ -25,8 +34,13 @@ class FrozenTextEncoder(nn.Module):
     """
 
     def __init__(self, model: nn.Module, tokenizer, max_length: int, use_attention_mask: bool = True,
-                 cache_size: int = 0):
+                 cache_size: int = 0, granularity: str = "tokens", max_clauses: int = 8):
         super().__init__()
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity={granularity!r}; choose one of {list(GRANULARITIES)}")
+        # "clauses": one mean-pooled vector a clause, the sentence embedding a sentence-transformer is trained
+        # to make, so that paraphrases the captions never use land near the ones they do.
+        self.granularity, self.max_clauses = granularity, int(max_clauses)
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
@@ -39,7 +53,8 @@ class FrozenTextEncoder(nn.Module):
     @classmethod
     def from_pretrained(cls, pretrained: str, model_class: str = "auto", subfolder: str | None = None,
                         tokenizer_subfolder: str | None = None, max_length: int | None = None,
-                        use_attention_mask: bool = True, cache_size: int = 0) -> "FrozenTextEncoder":
+                        use_attention_mask: bool = True, cache_size: int = 0, granularity: str = "tokens",
+                        max_clauses: int = 8) -> "FrozenTextEncoder":
         """Load from a hub id, a local directory (same layout) or `pkg://package/dir`."""
         if model_class not in MODEL_CLASSES:
             raise ValueError(f"model_class={model_class!r}; choose one of {sorted(MODEL_CLASSES)}")
@@ -49,7 +64,7 @@ class FrozenTextEncoder(nn.Module):
         tokenizer = AutoTokenizer.from_pretrained(path, **tok_kwargs)
         model = MODEL_CLASSES[model_class].from_pretrained(path, **model_kwargs)
         max_length = max_length or min(tokenizer.model_max_length, 512)
-        return cls(model, tokenizer, max_length, use_attention_mask, cache_size)
+        return cls(model, tokenizer, max_length, use_attention_mask, cache_size, granularity, max_clauses)
 
     @property
     def embed_dim(self) -> int:
@@ -58,12 +73,43 @@ class FrozenTextEncoder(nn.Module):
     def train(self, mode: bool = True):  # frozen: stays in eval mode (no dropout) whatever the caller says
         return super().train(False)
 
+    @property
+    def sequence_length(self) -> int:
+        """L of forward's (B, L, D): tokens or clause slots."""
+        return self.max_clauses if self.granularity == "clauses" else self.max_length
+
     @torch.no_grad()
     def _encode(self, prompts: list[str]) -> torch.Tensor:
+        if self.granularity == "clauses":
+            return self._encode_clauses(prompts)
         batch = self._tokenize(prompts)
         mask = batch["attention_mask"] if self.use_attention_mask else None
         self.prompts_encoded += len(prompts)
         return self.model(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state
+
+    def _encode_clauses(self, prompts: list[str]) -> torch.Tensor:
+        """(B, max_clauses, D): each clause's masked token mean; unused slots hold the empty text's, so an
+        empty prompt (the CFG's unconditional) is all empty slots."""
+        clauses = [split_clauses(p) for p in prompts]
+        if any(len(c) > self.max_clauses for c in clauses) and not self._warned_truncation:
+            self._warned_truncation = True
+            warnings.warn(f"A prompt has more than {self.max_clauses} clauses; the rest were dropped "
+                          "(this warning is shown once).", stacklevel=3)
+        texts = [""] + [c for cs in clauses for c in cs[:self.max_clauses]]
+        device = next(self.model.parameters()).device
+        batch = self.tokenizer(texts, padding=True, max_length=self.max_length, truncation=True, return_tensors="pt")
+        mask = batch["attention_mask"].to(device)
+        states = self.model(input_ids=batch["input_ids"].to(device), attention_mask=mask).last_hidden_state
+        weights = mask.unsqueeze(-1).to(states.dtype)
+        vectors = (states * weights).sum(1) / weights.sum(1)
+        out = vectors[0].expand(len(prompts), self.max_clauses, -1).clone()
+        start = 1
+        for i, cs in enumerate(clauses):
+            n = min(len(cs), self.max_clauses)
+            out[i, :n] = vectors[start:start + n]
+            start += n
+        self.prompts_encoded += len(prompts)
+        return out
 
     def _tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         device = next(self.model.parameters()).device
