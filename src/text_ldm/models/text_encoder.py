@@ -26,7 +26,9 @@ def split_clauses(prompt: str) -> list[str]:
 class FrozenTextEncoder(nn.Module):
     """A frozen Hugging Face text transformer that maps prompts to token embeddings.
 
-    forward(prompts: list[str]) -> Tensor of shape (B, max_length, embed_dim).
+    forward(prompts: list[str]) -> Tensor of shape (B, max_length, embed_dim), or with granularity="clauses"
+    (B, max_clauses, embed_dim): one vector a clause, the mean of its token states (what a sentence-transformer
+    such as MiniLM is trained to make meaningful), so that paraphrases land near each other.
 
     Outputs are memoised per prompt string (`cache_size` entries, least recently used dropped):
     the encoder is frozen, so an embedding never changes, and on a CPU the encoder costs more
@@ -38,8 +40,6 @@ class FrozenTextEncoder(nn.Module):
         super().__init__()
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity={granularity!r}; choose one of {list(GRANULARITIES)}")
-        # "clauses": one mean-pooled vector a clause, the sentence embedding a sentence-transformer is trained
-        # to make, so that paraphrases the captions never use land near the ones they do.
         self.granularity, self.max_clauses = granularity, int(max_clauses)
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
@@ -72,11 +72,6 @@ class FrozenTextEncoder(nn.Module):
 
     def train(self, mode: bool = True):  # frozen: stays in eval mode (no dropout) whatever the caller says
         return super().train(False)
-
-    @property
-    def sequence_length(self) -> int:
-        """L of forward's (B, L, D): tokens or clause slots."""
-        return self.max_clauses if self.granularity == "clauses" else self.max_length
 
     @torch.no_grad()
     def _encode(self, prompts: list[str]) -> torch.Tensor:
@@ -122,6 +117,9 @@ class FrozenTextEncoder(nn.Module):
     def token_embeddings(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The transformer's INPUT: word embeddings (B, max_length, d_in) and attention mask (B, max_length),
         before position embeddings and any attention (what prompt mixing blends)."""
+        if self.granularity == "clauses":
+            raise ValueError("token-level prompt mixing needs text_encoder.granularity=tokens; with clauses, use the "
+                             "whole-prompt blend 'A:0.5 | B:0.5'")
         batch = self._tokenize(list(prompts))
         return self.model.get_input_embeddings()(batch["input_ids"]), batch["attention_mask"]
 

@@ -13,6 +13,7 @@ functions below, so the exported pipeline and sample.py cannot drift apart.
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -23,6 +24,7 @@ from PIL import Image
 
 # on_step(i, t, model_in, pred): step i done; the scaled UNet input x_t (B, C, h, w) and the guided prediction.
 StepHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
+CLAUSE_BREAK = re.compile(r"[,.;:!?]|\band\b", re.IGNORECASE)  # as text_ldm.models.text_encoder's
 
 
 def seeded_noise(seeds: Sequence[int], latent_shape: Sequence[int], device, dtype=torch.float32) -> torch.Tensor:
@@ -138,11 +140,13 @@ class TextLDMPipeline(DiffusionPipeline):
     def __init__(self, unet, vqvae, scheduler, text_encoder, tokenizer, max_length: int = 77,
                  use_attention_mask: bool = True, latent_scale: float = 1.0, force_not_quantize: bool = False,
                  default_steps: int = 20, default_guidance_scale: float = 3.0,
-                 default_guidance_interval: Sequence[float] | None = None):
+                 default_guidance_interval: Sequence[float] | None = None, granularity: str = "tokens",
+                 max_clauses: int = 8):
         super().__init__()
         self.register_modules(unet=unet, vqvae=vqvae, scheduler=scheduler, text_encoder=text_encoder,
                               tokenizer=tokenizer)
         self.register_to_config(max_length=max_length, use_attention_mask=use_attention_mask,
+                                granularity=granularity, max_clauses=int(max_clauses),
                                 latent_scale=latent_scale, force_not_quantize=force_not_quantize,
                                 default_steps=int(default_steps), default_guidance_scale=float(default_guidance_scale),
                                 default_guidance_interval=None if default_guidance_interval is None
@@ -150,11 +154,29 @@ class TextLDMPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
-        """B prompts -> (B, max_length, D) token embeddings."""
+        """B prompts -> (B, max_length, D) token embeddings, or (B, max_clauses, D) clause vectors."""
+        if self.config.granularity == "clauses":
+            return self._encode_clauses(prompts)
         batch = self.tokenizer(prompts, padding="max_length", max_length=self.config.max_length, truncation=True,
                                return_tensors="pt")
         mask = batch["attention_mask"].to(self.device) if self.config.use_attention_mask else None
         return self.text_encoder(input_ids=batch["input_ids"].to(self.device), attention_mask=mask).last_hidden_state
+
+    def _encode_clauses(self, prompts: list[str]) -> torch.Tensor:
+        """text_ldm's FrozenTextEncoder(granularity="clauses"), restated because this file imports nothing of
+        text_ldm: each clause's masked token mean, unused slots the empty text's."""
+        clauses = [[c.strip() for c in CLAUSE_BREAK.split(p) if c.strip()][:self.config.max_clauses] for p in prompts]
+        batch = self.tokenizer([""] + [c for cs in clauses for c in cs], padding=True,
+                               max_length=self.config.max_length, truncation=True, return_tensors="pt")
+        mask = batch["attention_mask"].to(self.device)
+        states = self.text_encoder(input_ids=batch["input_ids"].to(self.device), attention_mask=mask).last_hidden_state
+        weights = mask.unsqueeze(-1).to(states.dtype)
+        vectors = list(((states * weights).sum(1) / weights.sum(1)).unbind(0))
+        empty, start, rows = vectors[0], 1, []
+        for cs in clauses:
+            rows.append(torch.stack(vectors[start:start + len(cs)] + [empty] * (self.config.max_clauses - len(cs))))
+            start += len(cs)
+        return torch.stack(rows)
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], seeds: list[int] | None = None, num_inference_steps: int | None = None,

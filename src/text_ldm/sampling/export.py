@@ -25,7 +25,8 @@ def build_pipeline(model: DiffusionComponents, settings: Mapping[str, Any]):
     te = model.text_encoder
     return diffusers_pipeline.TextLDMPipeline(
         unet=model.unet, vqvae=ae.model, scheduler=make_sampler(settings["sampler"], model.noise_scheduler.config),
-        text_encoder=te.model, tokenizer=te.tokenizer, max_length=te.max_length,
+        text_encoder=te.model, tokenizer=te.tokenizer, max_length=te.max_length, granularity=te.granularity,
+        max_clauses=te.max_clauses,
         use_attention_mask=bool(te.use_attention_mask), latent_scale=float(ae.scaling_factor),
         force_not_quantize=bool(ae.force_not_quantize), default_steps=int(settings["steps"]),
         default_guidance_scale=float(settings["guidance_scale"]),

@@ -7,6 +7,7 @@ Syntax (any prompt given to sample.py):
   runs once on the blend (the seed's "half puppy, half skunk" trick, via `inputs_embeds`).
   Several brace groups multiply out (weights multiply). Alternatives of different token counts
   are still mixed position by position, with a warning, since the rest of the prompt then shifts.
+  With `text_encoder.granularity=clauses` the alternatives' clause vectors are mixed, slot by slot.
 - `a blond man:0.7 | a woman with a hat:0.3`: WHOLE-EMBEDDING blend. Each part goes through the
   encoder on its own and the output token embeddings (L, D) are averaged with the weights.
 - Weights: a missing weight gets an equal share of what the given ones leave of 1 (so
@@ -86,14 +87,18 @@ def parse(prompt: str) -> list[tuple[float, list[tuple[str, float]]]]:
 
 
 def token_mix(text_encoder: FrozenTextEncoder, choices: Sequence[tuple[str, float]]) -> torch.Tensor:
-    """Mix word embeddings of the written-out prompts, then encode once -> (L, D)."""
+    """Mix word embeddings of the written-out prompts, then encode once -> (L, D). A clause-vector encoder has
+    no token sequence to mix: there the alternatives' clause vectors are mixed, slot by slot."""
+    weights = torch.tensor([w for _, w in choices])
+    if text_encoder.granularity == "clauses":
+        encoded = text_encoder([p for p, _ in choices])
+        return torch.einsum("n,nld->ld", weights.to(encoded), encoded)
     embeds, masks = text_encoder.token_embeddings([p for p, _ in choices])
     lengths = masks.sum(dim=1)
     if (lengths != lengths[0]).any():
         warnings.warn(f"token-level mix of {[p for p, _ in choices]}: the alternatives have {lengths.tolist()} "
                       "tokens, so the words after them are mixed out of step", stacklevel=2)
-    weights = torch.tensor([w for _, w in choices], dtype=embeds.dtype, device=embeds.device)
-    mixed = torch.einsum("n,nld->ld", weights, embeds)
+    mixed = torch.einsum("n,nld->ld", weights.to(embeds), embeds)
     return text_encoder.encode_embeddings(mixed[None], masks.amax(dim=0)[None])[0]
 
 
