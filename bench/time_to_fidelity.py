@@ -14,8 +14,8 @@ scores, also with the same prompts reworded (`evaluate.py phrasing=free`).
 minutes); a threshold already met at the first scored step then reads "<=step".
 
 Candidates (overrides on top of experiment=demo):
-  seed: the seed exercise's recipe: epsilon, uniform timesteps, constant lr 1e-3, no balancing, no EMA
-  epsilon: the demo's extras (logit-normal timesteps, warmup + cosine, balancing, EMA) with epsilon prediction
+  seed: the seed exercise's recipe: epsilon, uniform timesteps, constant lr 1e-3, no balancing, no EMA, token states
+  epsilon: the demo's extras (logit-normal timesteps, warmup + cosine, balancing, EMA, clause vectors) with epsilon
   flow: the shipped `make demo` recipe: those extras with flow matching
 """
 from __future__ import annotations
@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CANDIDATES = {
     "seed": ["model.timestep_sampling.kind=uniform", "model/lr_scheduler=constant", "model.lr_scheduler.num_warmup_steps=0",
              "model.optimizer.lr=1e-3", "model.objective=epsilon",
-             "data.balance_attributes=[]", "data.caption_length_power=0", "callbacks.ema=null"],
+             "data.balance_attributes=[]", "data.caption_length_power=0", "callbacks.ema=null",
+             "text_encoder.granularity=tokens"],
     "epsilon": ["model.objective=epsilon"],
     "flow": [],
 }
