@@ -118,8 +118,8 @@ class FrozenTextEncoder(nn.Module):
         """The transformer's INPUT: word embeddings (B, max_length, d_in) and attention mask (B, max_length),
         before position embeddings and any attention (what prompt mixing blends)."""
         if self.granularity == "clauses":
-            raise ValueError("token-level prompt mixing needs text_encoder.granularity=tokens; with clauses, use the "
-                             "whole-prompt blend 'A:0.5 | B:0.5'")
+            raise ValueError("word embeddings to mix exist only with text_encoder.granularity=tokens; a clause "
+                             "encoder's prompts are mixed by their clause vectors")
         batch = self._tokenize(list(prompts))
         return self.model.get_input_embeddings()(batch["input_ids"]), batch["attention_mask"]
 
